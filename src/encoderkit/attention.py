@@ -1,0 +1,188 @@
+"""Scaled dot-product attention and multi-head self-attention (Vaswani et al. 2017, section 3.2).
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V                          (eq. 1)
+    MultiHead(X) = Concat(head_1, ..., head_h) W^O,  head_i = Attention(X W_i^Q, X W_i^K, X W_i^V)
+
+Shape legend: B batch, T tokens (queries), S keys (S == T in self-attention), D model width,
+H heads, K head width (D / H).
+
+Two paths compute the same thing. ``"math"`` is the formula written out: it is the executable
+spec and the test oracle. ``"fused"`` calls ``torch.nn.functional.scaled_dot_product_attention``,
+which dispatches to flash / memory-efficient kernels. ``"auto"`` means fused.
+
+A query row with no key to attend to (an all-padding sequence, or a pattern that forbids every
+key) outputs exactly 0 with gradient 0 on every path, never NaN: such rows are given every key
+before the softmax (so nothing divides 0 by 0) and zeroed afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from encoderkit.checks import check_choice, check_heads, check_hidden_states, check_probability
+from encoderkit.masks import make_attention_mask
+
+Backend = Literal["auto", "math", "fused"]
+BACKENDS: tuple[str, ...] = ("auto", "math", "fused")
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d_k) + mask) V for q (B, H, T, K), k and v (B, H, S, K).
+
+    ``mask`` is bool (True = may attend) or floating (added to the scores), broadcastable to
+    (B, H, T, S); build it with :func:`encoderkit.masks.make_attention_mask`. ``dropout_p`` drops
+    attention probabilities: callers pass 0.0 outside training (as the modules here do).
+    """
+    check_choice("backend", backend, BACKENDS)
+    check_probability("dropout_p", dropout_p)
+    _check_qkv(q, k, v)
+    if backend == "math":
+        probs = attention_weights(q, k, mask)
+        if dropout_p > 0.0:
+            probs = F.dropout(probs, dropout_p)
+        return probs @ v  # (B, H, T, S) @ (B, H, S, K) -> (B, H, T, K)
+    mask, has_key = _open_empty_rows(mask, q.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    return out if has_key is None else out.masked_fill(~has_key, 0.0)
+
+
+def attention_weights(
+    q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The attention probabilities softmax(Q K^T / sqrt(d_k) + mask): (B, H, T, S).
+
+    Rows with no key to attend to are all zero. The softmax runs in float32 at least, so half
+    precision scores cannot overflow it.
+    """
+    _check_qkv(q, k, k)
+    mask, has_key = _open_empty_rows(mask, q.dtype)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask
+    probs = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+    probs = probs.to(q.dtype)
+    return probs if has_key is None else probs.masked_fill(~has_key, 0.0)
+
+
+def _open_empty_rows(
+    mask: torch.Tensor | None, dtype: torch.dtype
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Let rows that may attend to nothing see every key; return the mask and which rows had keys.
+
+    The caller zeroes the rows where ``has_key`` is False, so their output and gradient are 0.
+    """
+    if mask is None:
+        return None, None
+    if mask.dtype == torch.bool:
+        has_key = mask.any(dim=-1, keepdim=True)  # (B|1, H|1, T|1, 1)
+        return mask | ~has_key, has_key
+    if not mask.is_floating_point():
+        raise TypeError(f"mask must be bool or floating, got dtype {mask.dtype}")
+    mask = mask.to(dtype)
+    has_key = (mask != float("-inf")).any(dim=-1, keepdim=True)
+    return mask.masked_fill(~has_key, 0.0), has_key
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D (B, H, T, K), got shape {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be floating point, got dtype {t.dtype}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"expected q (B, H, T, K) and k, v (B, H, S, K), got q {tuple(q.shape)}, "
+            f"k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """h heads of width d_model / h: one fused qkv projection, attention, concat, projection W^O."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        backend: Backend = "auto",
+    ) -> None:
+        super().__init__()
+        check_heads(d_model, n_heads)
+        check_probability("dropout", dropout)
+        check_choice("backend", backend, BACKENDS)
+        self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
+        self.dropout = dropout
+        self.backend: Backend = backend
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)  # [W^Q; W^K; W^V] for all heads
+        self.proj = nn.Linear(d_model, d_model, bias=bias)  # W^O
+        self.recorded: list[torch.Tensor] | None = None  # set by record_attention()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        B, T, D = check_hidden_states(x, self.d_model).shape
+        H, K = self.n_heads, self.head_dim
+        mask = make_attention_mask(
+            attention_mask, attn_mask, batch_size=B, seq_len=T, n_heads=H, dtype=x.dtype
+        )
+        qkv = self.qkv(x).view(B, T, 3, H, K)  # (B, T, 3D) -> (B, T, 3, H, K)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # -> 3 x (B, H, T, K)
+        if self.recorded is not None:
+            # Observed beside the output path, so recording never changes the outputs.
+            with torch.no_grad():
+                self.recorded.append(attention_weights(q, k, mask))
+        dropout_p = self.dropout if self.training else 0.0
+        out = scaled_dot_product_attention(q, k, v, mask, dropout_p, self.backend)
+        out = out.transpose(1, 2).reshape(B, T, D)  # (B, H, T, K) -> (B, T, H*K): concat heads
+        return self.proj(out)
+
+
+@contextmanager
+def record_attention(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Record every attention layer's probabilities during the forwards run inside the block.
+
+    Yields a list that, after one forward, holds one (B, H, T, T) tensor per attention layer in
+    the order they ran: post-softmax, pre-dropout probabilities per head (not averaged), detached.
+    Rows of padded keys are 0; rows of queries with nothing to attend to are all 0.
+
+        with record_attention(model) as maps:
+            model(x, attention_mask)
+    """
+    layers = [m for m in model.modules() if isinstance(m, MultiHeadSelfAttention)]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no MultiHeadSelfAttention layer to record")
+    if any(layer.recorded is not None for layer in layers):
+        raise RuntimeError("record_attention is already active on this model")
+    maps: list[torch.Tensor] = []
+    for layer in layers:
+        layer.recorded = maps
+    try:
+        yield maps
+    finally:
+        for layer in layers:
+            layer.recorded = None

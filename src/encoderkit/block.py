@@ -1,0 +1,115 @@
+"""The encoder block: self-attention and feed-forward, each wrapped in residual + LayerNorm.
+
+Post-norm (Vaswani et al. 2017, section 3.1; BERT) normalises after each residual sum; pre-norm
+(Xiong et al. 2020; ViT, GPT-2) normalises each sublayer's input and leaves the residual stream
+untouched, which trains deep stacks without warm-up tricks but needs a final LayerNorm (see
+``Encoder``).
+
+Shape legend: B batch, T tokens, D model width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from encoderkit.attention import Backend, MultiHeadSelfAttention
+from encoderkit.checks import check_hidden_states, check_probability
+from encoderkit.feedforward import Activation, FeedForward
+
+
+class EncoderBlock(nn.Module):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        dropout: float = 0.1,
+        activation: Activation = "gelu",
+        norm_first: bool = False,
+        layer_norm_eps: float = 1e-5,
+        attention_dropout: float = 0.1,
+        bias: bool = True,
+        attention_backend: Backend = "auto",
+    ) -> None:
+        super().__init__()
+        check_probability("dropout", dropout)
+        self.d_model = d_model
+        self.norm_first = norm_first
+        self.attn = MultiHeadSelfAttention(
+            d_model, n_heads, attention_dropout, bias=bias, backend=attention_backend
+        )
+        self.ff = FeedForward(d_model, d_ff, activation, dropout, bias=bias)
+        self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (B, T, D) -> (B, T, D); masks as in :mod:`encoderkit.masks`."""
+        check_hidden_states(x, self.d_model)
+        if self.norm_first:
+            x = x + self.drop(self.attn(self.norm1(x), attention_mask, attn_mask))
+            x = x + self.drop(self.ff(self.norm2(x)))
+        else:
+            x = self.norm1(x + self.drop(self.attn(x, attention_mask, attn_mask)))
+            x = self.norm2(x + self.drop(self.ff(x)))
+        return x
+
+    @classmethod
+    def from_torch(cls, layer: nn.TransformerEncoderLayer) -> EncoderBlock:
+        """Copy a ``torch.nn.TransformerEncoderLayer`` (either norm placement, relu or gelu).
+
+        Our blocks always take (B, T, D); a layer built with ``batch_first=False`` takes
+        (T, B, D), so transpose its inputs. Its ``src_key_padding_mask`` (True = padding) becomes
+        our ``attention_mask = ~src_key_padding_mask`` (True = real token).
+        """
+        if not isinstance(layer, nn.TransformerEncoderLayer):
+            raise TypeError(f"expected nn.TransformerEncoderLayer, got {type(layer).__name__}")
+        sa = layer.self_attn
+        if not sa._qkv_same_embed_dim:
+            raise ValueError("expected self-attention with kdim == vdim == d_model")
+        block = cls(
+            sa.embed_dim,
+            sa.num_heads,
+            layer.linear1.out_features,
+            dropout=layer.dropout.p,
+            activation=torch_activation_name(layer.activation),
+            norm_first=layer.norm_first,
+            layer_norm_eps=layer.norm1.eps,
+            attention_dropout=sa.dropout,
+            bias=sa.in_proj_bias is not None,
+        ).to(device=sa.in_proj_weight.device, dtype=sa.in_proj_weight.dtype)
+        ours = {
+            "attn.qkv.weight": sa.in_proj_weight,  # torch packs [W_q; W_k; W_v] in our order
+            "attn.qkv.bias": sa.in_proj_bias,
+            "attn.proj.weight": sa.out_proj.weight,
+            "attn.proj.bias": sa.out_proj.bias,
+            "ff.fc1.weight": layer.linear1.weight,
+            "ff.fc1.bias": layer.linear1.bias,
+            "ff.fc2.weight": layer.linear2.weight,
+            "ff.fc2.bias": layer.linear2.bias,
+            "norm1.weight": layer.norm1.weight,
+            "norm1.bias": layer.norm1.bias,
+            "norm2.weight": layer.norm2.weight,
+            "norm2.bias": layer.norm2.bias,
+        }
+        state = {k: v.detach().clone() for k, v in ours.items() if v is not None}
+        block.load_state_dict(state, strict=True)
+        return block
+
+
+def torch_activation_name(activation: object) -> Activation:
+    """The name of a TransformerEncoderLayer's activation (a function or a module)."""
+    if activation is F.relu or isinstance(activation, nn.ReLU):
+        return "relu"
+    if activation is F.gelu:
+        return "gelu"
+    if isinstance(activation, nn.GELU):
+        return "gelu" if activation.approximate == "none" else "gelu_tanh"
+    raise ValueError(f"expected a relu or gelu activation, got {activation!r}")

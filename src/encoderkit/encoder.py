@@ -1,0 +1,127 @@
+"""The encoder: N identical blocks (Vaswani et al. 2017, section 3.1), plus a final LayerNorm
+when the blocks are pre-norm (ViT; ``nn.TransformerEncoder(norm=...)``), since pre-norm blocks
+leave the residual stream unnormalised.
+
+Padded positions: a padded query still attends to the real keys, so its hidden state is finite
+but carries no meaning; the encoder returns exactly 0 there, as torch's nested-tensor fast path
+does, so results never depend on what the padding holds.
+
+Shape legend: B batch, T tokens, D model width, H heads.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from encoderkit.block import EncoderBlock, torch_activation_name
+from encoderkit.checks import check_hidden_states
+from encoderkit.config import EncoderConfig
+from encoderkit.masks import make_attention_mask, padding_mask_bool
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        if not isinstance(config, EncoderConfig):
+            raise TypeError(f"config must be an EncoderConfig, got {type(config).__name__}")
+        self.config = config
+        c = config
+        self.blocks = nn.ModuleList(
+            EncoderBlock(
+                c.d_model,
+                c.n_heads,
+                c.d_ff,
+                c.dropout,
+                c.activation,
+                c.norm_first,
+                c.layer_norm_eps,
+                c.attention_dropout,
+                c.bias,
+                c.attention_backend,
+            )
+            for _ in range(c.n_layers)
+        )
+        self.norm = (
+            nn.LayerNorm(c.d_model, eps=c.layer_norm_eps, bias=c.bias)
+            if c.norm_first
+            else nn.Identity()
+        )
+        self.apply(init_weights)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (B, T, D) -> (B, T, D); ``attention_mask`` (B, T) True/1 = real token."""
+        B, T, _ = check_hidden_states(x, self.config.d_model).shape
+        real = None if attention_mask is None else padding_mask_bool(attention_mask, B, T)
+        # Merged once here; every block receives the same 4-D mask.
+        mask = make_attention_mask(
+            real,
+            attn_mask,
+            batch_size=B,
+            seq_len=T,
+            n_heads=self.config.n_heads,
+            dtype=x.dtype,
+        )
+        for block in self.blocks:
+            x = block(x, attn_mask=mask)
+        x = self.norm(x)
+        if real is not None:
+            x = x.masked_fill(~real[..., None], 0.0)  # (B, T) -> (B, T, 1): padded outputs are 0
+        return x
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @classmethod
+    def from_torch(cls, encoder: nn.TransformerEncoder) -> Encoder:
+        """Copy a ``torch.nn.TransformerEncoder`` built from one ``TransformerEncoderLayer``.
+
+        Pre-norm layers need the encoder's final ``norm`` and post-norm layers must not have one,
+        which is what our ``Encoder`` computes. Pass ``attention_mask=~src_key_padding_mask``.
+        """
+        if not isinstance(encoder, nn.TransformerEncoder):
+            raise TypeError(f"expected nn.TransformerEncoder, got {type(encoder).__name__}")
+        blocks = [EncoderBlock.from_torch(layer) for layer in encoder.layers]
+        first = encoder.layers[0]
+        sa = first.self_attn
+        config = EncoderConfig(
+            d_model=sa.embed_dim,
+            n_heads=sa.num_heads,
+            d_ff=first.linear1.out_features,
+            n_layers=len(blocks),
+            dropout=first.dropout.p,
+            attention_dropout=sa.dropout,
+            activation=torch_activation_name(first.activation),
+            norm_first=first.norm_first,
+            layer_norm_eps=first.norm1.eps,
+            bias=sa.in_proj_bias is not None,
+        )
+        has_norm = encoder.norm is not None
+        if has_norm != config.norm_first:
+            raise ValueError(
+                f"expected a final norm exactly when the layers are pre-norm; got "
+                f"norm_first={config.norm_first} and norm={encoder.norm!r}"
+            )
+        model = cls(config).to(device=sa.in_proj_weight.device, dtype=sa.in_proj_weight.dtype)
+        for ours, theirs in zip(model.blocks, blocks, strict=True):
+            ours.load_state_dict(theirs.state_dict())
+        if encoder.norm is not None:
+            model.norm.load_state_dict(encoder.norm.state_dict())
+        return model
+
+
+def init_weights(module: nn.Module) -> None:
+    """BERT / ViT initialisation: Linear weights ~ N(0, 0.02) truncated at 2 std, zero biases."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02, a=-0.04, b=0.04)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
