@@ -1,0 +1,57 @@
+"""Independent float64 references the tests compare against, written apart from the library.
+
+They follow the paper's description directly, one head at a time, with separate W^Q, W^K, W^V
+slices and an explicit exp / sum softmax, so a shared bug in the library's layout or masking
+cannot hide in both.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def reference_attention(q, k, v, mask=None):
+    """softmax(q k^T / sqrt(d) + mask) v in float64; rows with nothing to attend to give 0."""
+    q, k, v = q.double(), k.double(), v.double()
+    scores = torch.einsum("bhtk,bhsk->bhts", q, k) / math.sqrt(q.shape[-1])
+    allowed = torch.ones_like(scores, dtype=torch.bool)
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            allowed = allowed & mask
+        else:
+            scores = scores + mask.double()
+            allowed = allowed & (mask != float("-inf"))
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    row_max = scores.amax(dim=-1, keepdim=True).nan_to_num(neginf=0.0)
+    e = torch.exp(scores - row_max) * allowed
+    total = e.sum(dim=-1, keepdim=True)
+    probs = torch.where(total > 0, e / total.clamp_min(1e-300), torch.zeros_like(e))
+    return torch.einsum("bhts,bhsk->bhtk", probs, v), probs
+
+
+def reference_self_attention(x, qkv_weight, qkv_bias, proj_weight, proj_bias, n_heads, mask=None):
+    """Multi-head self-attention head by head: (B, T, D) float64 -> (B, T, D)."""
+    x = x.double()
+    D = x.shape[-1]
+    K = D // n_heads
+    heads = []
+    for h in range(n_heads):
+        parts = []
+        for j in range(3):  # W^Q, W^K, W^V rows of head h
+            rows = slice(j * D + h * K, j * D + (h + 1) * K)
+            w = qkv_weight[rows].double()
+            b = qkv_bias[rows].double() if qkv_bias is not None else 0.0
+            parts.append((x @ w.T + b)[:, None])  # (B, 1, T, K)
+        head_mask = None if mask is None else mask[:, h : h + 1] if mask.shape[1] > 1 else mask
+        out, _ = reference_attention(*parts, head_mask)
+        heads.append(out[:, 0])
+    concat = torch.cat(heads, dim=-1)
+    bias = proj_bias.double() if proj_bias is not None else 0.0
+    return concat @ proj_weight.double().T + bias
+
+
+def padding_mask(lengths, seq_len):
+    """(B, T) bool, True = real token, for right-padded sequences of the given lengths."""
+    return torch.arange(seq_len)[None, :] < torch.tensor(lengths)[:, None]

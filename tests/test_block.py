@@ -1,0 +1,165 @@
+"""EncoderBlock: both norm placements equal torch.nn.TransformerEncoderLayer, and the formulas."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+import torch
+from reference import padding_mask
+from torch import nn
+
+from encoderkit import EncoderBlock
+
+D, H, FF = 16, 4, 32
+ATOL = 1e-5
+
+
+def torch_layer(norm_first, activation, dropout=0.0, bias=True):
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(
+        D, H, FF, dropout=dropout, activation=activation, batch_first=True,
+        norm_first=norm_first, bias=bias,
+    )  # fmt: skip
+    with torch.no_grad():  # LayerNorms and biases away from their 1 / 0 init, so mix-ups show
+        for name, p in layer.named_parameters():
+            if "norm" in name or "bias" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    return layer
+
+
+def inputs(lengths=(6, 4, 1)):
+    torch.manual_seed(1)
+    return torch.randn(len(lengths), 6, D), padding_mask(list(lengths), 6)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_equals_torch_layer_in_train_mode(norm_first, activation, padded):
+    theirs = torch_layer(norm_first, activation)
+    ours = EncoderBlock.from_torch(theirs)
+    x, real = inputs()
+    theirs.train(), ours.train()  # dropout 0: the slow path, which is deterministic
+    kpm = ~real if padded else None
+    expected = theirs(x, src_key_padding_mask=kpm)
+    out = ours(x, real if padded else None)
+    torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
+    expected.pow(2).sum().backward()
+    out.pow(2).sum().backward()
+    torch.testing.assert_close(
+        ours.attn.qkv.weight.grad, theirs.self_attn.in_proj_weight.grad, atol=ATOL, rtol=0
+    )
+    torch.testing.assert_close(
+        ours.ff.fc1.weight.grad, theirs.linear1.weight.grad, atol=ATOL, rtol=0
+    )
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_equals_torch_layer_fast_path_in_eval(norm_first, activation, padded):
+    theirs = torch_layer(norm_first, activation, dropout=0.1).eval()
+    ours = EncoderBlock.from_torch(theirs).eval()
+    x, real = inputs()
+    fast = torch._transformer_encoder_layer_fwd
+    with (
+        torch.inference_mode(),
+        mock.patch.object(torch, "_transformer_encoder_layer_fwd", wraps=fast) as spy,
+    ):
+        expected = theirs(x, src_key_padding_mask=~real if padded else None)
+        out = ours(x, real if padded else None)
+    assert spy.called  # torch really took its fused fast path
+    # torch's fast path leaves padded rows undefined: compare real tokens
+    rows = real if padded else torch.ones_like(real)
+    torch.testing.assert_close(out[rows], expected[rows], atol=ATOL, rtol=0)
+
+
+def test_from_torch_copies_bias_free_layers_and_float64():
+    theirs = torch_layer(True, "gelu", bias=False).double()
+    ours = EncoderBlock.from_torch(theirs)
+    assert ours.attn.qkv.bias is None and ours.norm1.bias is None
+    assert ours.attn.qkv.weight.dtype == torch.float64
+    x, _ = inputs()
+    torch.testing.assert_close(ours(x.double()), theirs(x.double()), atol=1e-12, rtol=0)
+
+
+def test_from_torch_carries_dropout_rates_and_tanh_gelu():
+    theirs = nn.TransformerEncoderLayer(D, H, FF, dropout=0.2, activation=nn.GELU("tanh"))
+    ours = EncoderBlock.from_torch(theirs)
+    assert ours.drop.p == 0.2 and ours.attn.dropout == 0.2 and ours.ff.drop.p == 0.2
+    assert ours.ff.activation == "gelu_tanh"
+
+
+def test_from_torch_rejects_other_activations_and_types():
+    theirs = nn.TransformerEncoderLayer(D, H, FF, activation=torch.tanh)
+    with pytest.raises(ValueError, match="expected a relu or gelu activation"):
+        EncoderBlock.from_torch(theirs)
+    with pytest.raises(TypeError, match="expected nn.TransformerEncoderLayer, got Linear"):
+        EncoderBlock.from_torch(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_forward_is_the_paper_formula(norm_first):
+    torch.manual_seed(0)
+    block = EncoderBlock(D, H, FF, dropout=0.0, attention_dropout=0.0, norm_first=norm_first)
+    x, real = inputs()
+    a, f, n1, n2 = block.attn, block.ff, block.norm1, block.norm2
+    if norm_first:  # ViT / GPT: x + sublayer(norm(x))
+        h = x + a(n1(x), real)
+        expected = h + f(n2(h))
+    else:  # Vaswani / BERT: norm(x + sublayer(x))
+        h = n1(x + a(x, real))
+        expected = n2(h + f(h))
+    torch.testing.assert_close(block(x, real), expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_gradcheck_float64(norm_first):
+    torch.manual_seed(0)
+    block = EncoderBlock(8, 2, 12, 0.0, norm_first=norm_first, attention_dropout=0.0).double()
+    x = torch.randn(2, 4, 8, dtype=torch.float64, requires_grad=True)
+    real = padding_mask([4, 2], 4)
+    assert torch.autograd.gradcheck(lambda x: block(x, real), (x,))
+
+
+def test_dropout_active_in_train_inactive_in_eval():
+    torch.manual_seed(0)
+    block = EncoderBlock(D, H, FF, dropout=0.3)
+    x, real = inputs()
+    block.eval()
+    assert torch.equal(block(x, real), block(x, real))
+    no_dropout = EncoderBlock(D, H, FF, dropout=0.0, attention_dropout=0.0).eval()
+    no_dropout.load_state_dict(block.state_dict())
+    torch.testing.assert_close(block(x, real), no_dropout(x, real), atol=0, rtol=0)
+    block.train()
+    assert not torch.allclose(block(x, real), block(x, real))
+
+
+def test_all_padding_sequence_gives_no_nan_and_finite_gradients():
+    torch.manual_seed(0)
+    block = EncoderBlock(D, H, FF, dropout=0.0, attention_dropout=0.0)
+    x, real = inputs((6, 0, 3))
+    x.requires_grad_()
+    out = block(x, real)
+    out[real].sum().backward()  # a loss over real tokens only
+    assert not out.isnan().any()
+    assert all(torch.isfinite(p.grad).all() for p in block.parameters())
+    assert torch.equal(x.grad[1], torch.zeros_like(x.grad[1]))
+
+
+def test_bad_input():
+    block = EncoderBlock(D, H, FF)
+    with pytest.raises(ValueError, match=r"3-D \(B, T, D\), got 4-D"):
+        block(torch.randn(1, 2, 6, D))
+    with pytest.raises(ValueError, match="d_model=16 and n_heads=3"):
+        EncoderBlock(D, 3, FF)
+    with pytest.raises(ValueError, match=r"dropout must be a float in \[0, 1\), got 1"):
+        EncoderBlock(D, H, FF, dropout=1)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        EncoderBlock(D, H, FF, activation="swish")
+
+
+def test_layer_norm_eps_is_used():
+    block = EncoderBlock(D, H, FF, layer_norm_eps=1e-12)
+    assert block.norm1.eps == block.norm2.eps == 1e-12
