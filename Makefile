@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck clean
+.PHONY: demo test lint clean
 
 # Install once, again only when the dependency pins change.
 $(STAMP): pyproject.toml requirements-ci.txt
@@ -21,8 +21,6 @@ test: $(STAMP) lint
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
-
-typecheck: $(STAMP)
 	$(BIN)/mypy src
 
 clean:

@@ -8,6 +8,8 @@ from unittest import mock
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from reference import padding_mask
 from torch import nn
 
@@ -77,6 +79,37 @@ def test_equals_torch_encoder_fast_path_in_eval(norm_first, activation, padded):
     torch.testing.assert_close(out[rows], expected[rows], atol=ATOL, rtol=0)
 
 
+@given(
+    n_heads=st.integers(1, 4),
+    head_dim=st.integers(1, 4),
+    lengths=st.lists(st.integers(0, 6), min_size=1, max_size=3),
+    norm_first=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=40, deadline=None)
+def test_property_equals_torch_for_random_shapes_and_padding(
+    n_heads, head_dim, lengths, norm_first, seed
+):
+    torch.manual_seed(seed)
+    d = n_heads * head_dim
+    layer = nn.TransformerEncoderLayer(
+        d, n_heads, 2 * d, 0.0, batch_first=True, norm_first=norm_first
+    )
+    norm = nn.LayerNorm(d) if norm_first else None
+    theirs = nn.TransformerEncoder(layer, 2, norm=norm, enable_nested_tensor=False).train()
+    ours = Encoder.from_torch(theirs).train()
+    t = max(max(lengths), 1)
+    x, real = torch.randn(len(lengths), t, d), padding_mask(lengths, t)
+    out = ours(x, real)
+    assert not out.isnan().any() and (out[~real] == 0).all()
+    # torch's own output is NaN for all-padding sequences (pytorch#41508): compare the others
+    keep = real.any(-1)
+    if not keep.any():
+        return
+    expected = theirs(x[keep], src_key_padding_mask=~real[keep])
+    torch.testing.assert_close(out[keep][real[keep]], expected[real[keep]], atol=ATOL, rtol=0)
+
+
 def test_from_torch_requires_final_norm_exactly_for_pre_norm():
     layer = nn.TransformerEncoderLayer(D, H, FF, batch_first=True, norm_first=True)
     with pytest.raises(ValueError, match="final norm exactly when the layers are pre-norm"):
@@ -84,6 +117,10 @@ def test_from_torch_requires_final_norm_exactly_for_pre_norm():
     layer = nn.TransformerEncoderLayer(D, H, FF, batch_first=True)
     with pytest.raises(ValueError, match="norm_first=False"):
         Encoder.from_torch(nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(D)))
+    layer = nn.TransformerEncoderLayer(D, H, FF, batch_first=True, norm_first=True)
+    for norm in (nn.LayerNorm(D, eps=1e-6), nn.LayerNorm(D, elementwise_affine=False)):
+        with pytest.raises(ValueError, match="final norm to match the layers' norms"):
+            Encoder.from_torch(nn.TransformerEncoder(layer, 2, norm, enable_nested_tensor=False))
     with pytest.raises(TypeError, match="expected nn.TransformerEncoder, got Linear"):
         Encoder.from_torch(nn.Linear(2, 2))
 

@@ -168,7 +168,7 @@ def record_attention(model: nn.Module) -> Iterator[list[torch.Tensor]]:
 
     Yields a list that, after one forward, holds one (B, H, T, T) tensor per attention layer in
     the order they ran: post-softmax, pre-dropout probabilities per head (not averaged), detached.
-    Rows of padded keys are 0; rows of queries with nothing to attend to are all 0.
+    Columns of padded keys are 0; rows of queries with nothing to attend to are all 0.
 
         with record_attention(model) as maps:
             model(x, attention_mask)

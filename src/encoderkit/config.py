@@ -53,7 +53,8 @@ class EncoderConfig:
 
         Per layer: qkv 6 d^2, output projection 2 d^2, feed-forward 4 d f (6 d f when gated),
         attention scores and weighted sum 4 d seq_len. Norms, softmax and activations are left
-        out (under 1%). For d_ff = 4 d this is the familiar 24 d^2 + 4 d seq_len.
+        out (under 1%). For d_ff = 4 d that is the familiar 24 d^2 + 4 d seq_len per layer, times
+        n_layers.
         """
         check_positive_int("seq_len", seq_len)
         d, f = self.d_model, self.d_ff

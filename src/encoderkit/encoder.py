@@ -32,13 +32,13 @@ class Encoder(nn.Module):
                 c.d_model,
                 c.n_heads,
                 c.d_ff,
-                c.dropout,
-                c.activation,
-                c.norm_first,
-                c.layer_norm_eps,
-                c.attention_dropout,
-                c.bias,
-                c.attention_backend,
+                dropout=c.dropout,
+                activation=c.activation,
+                norm_first=c.norm_first,
+                layer_norm_eps=c.layer_norm_eps,
+                attention_dropout=c.attention_dropout,
+                bias=c.bias,
+                attention_backend=c.attention_backend,
             )
             for _ in range(c.n_layers)
         )
@@ -101,17 +101,27 @@ class Encoder(nn.Module):
             layer_norm_eps=first.norm1.eps,
             bias=sa.in_proj_bias is not None,
         )
-        has_norm = encoder.norm is not None
-        if has_norm != config.norm_first:
+        final = encoder.norm
+        if (final is not None) != config.norm_first:
             raise ValueError(
                 f"expected a final norm exactly when the layers are pre-norm; got "
-                f"norm_first={config.norm_first} and norm={encoder.norm!r}"
+                f"norm_first={config.norm_first} and norm={final!r}"
+            )
+        like_layers = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias)
+        if final is not None and (
+            not isinstance(final, nn.LayerNorm)
+            or (final.normalized_shape, final.eps, final.elementwise_affine, final.bias is None)
+            != (like_layers.normalized_shape, like_layers.eps, True, like_layers.bias is None)
+        ):
+            raise ValueError(
+                f"expected the final norm to match the layers' norms, {like_layers!r}, "
+                f"got {final!r}"
             )
         model = cls(config).to(device=sa.in_proj_weight.device, dtype=sa.in_proj_weight.dtype)
         for ours, theirs in zip(model.blocks, blocks, strict=True):
             ours.load_state_dict(theirs.state_dict())
-        if encoder.norm is not None:
-            model.norm.load_state_dict(encoder.norm.state_dict())
+        if final is not None:
+            model.norm.load_state_dict(final.state_dict())
         return model
 
 
