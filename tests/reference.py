@@ -8,8 +8,10 @@ cannot hide in both.
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import torch
+from torch import nn
 
 
 def reference_attention(q, k, v, mask=None):
@@ -55,3 +57,23 @@ def reference_self_attention(x, qkv_weight, qkv_bias, proj_weight, proj_bias, n_
 def padding_mask(lengths, seq_len):
     """(B, T) bool, True = real token, for right-padded sequences of the given lengths."""
     return torch.arange(seq_len)[None, :] < torch.tensor(lengths)[:, None]
+
+
+def perturb_norms_and_biases(module: nn.Module, std: float = 0.3) -> None:
+    """Move LayerNorm weights and biases off their 1 / 0 init, so a copying mix-up shows."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "norm" in name or "bias" in name:
+                p.add_(torch.randn_like(p) * std)
+
+
+def run_torch_fast_path(theirs: nn.Module, x, key_padding_mask):
+    """Run a torch encoder (layer) under inference_mode; return its output and how many times
+    the fused native fast path ran, which proves the fast path was the one compared."""
+    fast = torch._transformer_encoder_layer_fwd
+    with (
+        torch.inference_mode(),
+        mock.patch.object(torch, "_transformer_encoder_layer_fwd", wraps=fast) as spy,
+    ):
+        out = theirs(x, src_key_padding_mask=key_padding_mask)
+    return out, spy.call_count

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from unittest import mock
-
 import pytest
 import torch
-from reference import padding_mask
+from reference import padding_mask, perturb_norms_and_biases, run_torch_fast_path
 from torch import nn
 
 from encoderkit import EncoderBlock
@@ -21,10 +19,7 @@ def torch_layer(norm_first, activation, dropout=0.0, bias=True):
         D, H, FF, dropout=dropout, activation=activation, batch_first=True,
         norm_first=norm_first, bias=bias,
     )  # fmt: skip
-    with torch.no_grad():  # LayerNorms and biases away from their 1 / 0 init, so mix-ups show
-        for name, p in layer.named_parameters():
-            if "norm" in name or "bias" in name:
-                p.add_(torch.randn_like(p) * 0.3)
+    perturb_norms_and_biases(layer)
     return layer
 
 
@@ -62,14 +57,10 @@ def test_equals_torch_layer_fast_path_in_eval(norm_first, activation, padded):
     theirs = torch_layer(norm_first, activation, dropout=0.1).eval()
     ours = EncoderBlock.from_torch(theirs).eval()
     x, real = inputs()
-    fast = torch._transformer_encoder_layer_fwd
-    with (
-        torch.inference_mode(),
-        mock.patch.object(torch, "_transformer_encoder_layer_fwd", wraps=fast) as spy,
-    ):
-        expected = theirs(x, src_key_padding_mask=~real if padded else None)
+    expected, fast_calls = run_torch_fast_path(theirs, x, ~real if padded else None)
+    with torch.inference_mode():
         out = ours(x, real if padded else None)
-    assert spy.called  # torch really took its fused fast path
+    assert fast_calls == 1  # torch really took its fused fast path
     # torch's fast path leaves padded rows undefined: compare real tokens
     rows = real if padded else torch.ones_like(real)
     torch.testing.assert_close(out[rows], expected[rows], atol=ATOL, rtol=0)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from unittest import mock
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import padding_mask
+from reference import padding_mask, perturb_norms_and_biases, run_torch_fast_path
 from torch import nn
 
 from encoderkit import Encoder, EncoderConfig, record_attention
@@ -26,10 +25,7 @@ def torch_encoder(norm_first, activation, dropout=0.0):
     )
     norm = nn.LayerNorm(D) if norm_first else None
     encoder = nn.TransformerEncoder(layer, L, norm=norm, enable_nested_tensor=not norm_first)
-    with torch.no_grad():
-        for name, p in encoder.named_parameters():
-            if "norm" in name or "bias" in name:
-                p.add_(torch.randn_like(p) * 0.3)
+    perturb_norms_and_biases(encoder)
     return encoder
 
 
@@ -66,14 +62,10 @@ def test_equals_torch_encoder_fast_path_in_eval(norm_first, activation, padded):
     theirs = torch_encoder(norm_first, activation, dropout=0.1).eval()
     ours = Encoder.from_torch(theirs).eval()
     x, real = batch(d=D)
-    fast = torch._transformer_encoder_layer_fwd
-    with (
-        torch.inference_mode(),
-        mock.patch.object(torch, "_transformer_encoder_layer_fwd", wraps=fast) as spy,
-    ):
-        expected = theirs(x, src_key_padding_mask=~real if padded else None)
+    expected, fast_calls = run_torch_fast_path(theirs, x, ~real if padded else None)
+    with torch.inference_mode():
         out = ours(x, real if padded else None)
-    assert spy.call_count == L  # every torch layer ran its fused fast path
+    assert fast_calls == L  # every torch layer ran its fused fast path
     nested = padded and not norm_first  # torch then runs on nested tensors and pads with 0
     rows = real if padded and not nested else torch.ones_like(real)
     torch.testing.assert_close(out[rows], expected[rows], atol=ATOL, rtol=0)
