@@ -227,6 +227,8 @@ def test_attention_errors_name_expected_and_actual():
         scaled_dot_product_attention(q, k[..., :4], v)
     with pytest.raises(TypeError, match="floating"):
         scaled_dot_product_attention(q.long(), k.long(), v.long())
+    with pytest.raises(ValueError, match=r"mask must be 4-D, .* got shape \(2, 7\)"):
+        scaled_dot_product_attention(q, k, v, torch.ones(2, T, dtype=torch.bool))
     with pytest.raises(TypeError, match="mask must be bool or floating"):
         scaled_dot_product_attention(q, k, v, torch.ones(1, 1, 1, T, dtype=torch.long))
 

@@ -90,6 +90,10 @@ def _open_empty_rows(
     """
     if mask is None:
         return None, None
+    if mask.dim() != 4:
+        raise ValueError(
+            f"mask must be 4-D, broadcastable to (B, H, T, S), got shape {tuple(mask.shape)}"
+        )
     if mask.dtype == torch.bool:
         has_key = mask.any(dim=-1, keepdim=True)  # (B|1, H|1, T|1, 1)
         return mask | ~has_key, has_key
