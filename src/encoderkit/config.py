@@ -1,4 +1,5 @@
-"""The encoder's architecture as one frozen, keyword-only, validated dataclass, with presets."""
+"""The architecture as frozen, keyword-only, validated dataclasses, with presets: the encoder's
+(``EncoderConfig``) and the text and vision models' that extend it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass
 
 from encoderkit.attention import BACKENDS, Backend
 from encoderkit.checks import check_choice, check_heads, check_positive_int, check_probability
+from encoderkit.embeddings import PositionEncoding
 from encoderkit.feedforward import ACTIVATIONS, Activation
 
 
@@ -91,3 +93,63 @@ class EncoderConfig:
     def tiny(cls) -> EncoderConfig:
         """A 2-layer, 32-wide model for tests and first experiments."""
         return cls(d_model=32, n_heads=4, d_ff=64, n_layers=2, dropout=0.0, attention_dropout=0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextConfig(EncoderConfig):
+    """A BERT-style text encoder: the encoder's sizes plus the vocabulary and positions.
+
+    Defaults are BERT's (uncased WordPiece vocabulary, 512 positions, 2 segments), so
+    ``TextConfig.bert_base()`` and ``TextConfig.minilm_l6()`` describe the real models.
+    """
+
+    vocab_size: int = 30522
+    max_positions: int = 512
+    type_vocab_size: int = 2
+    position_encoding: PositionEncoding = "learned"
+    pad_token_id: int = 0
+    pooler: bool = False  # BERT's pooler: tanh(W h_[CLS] + b)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive_int("vocab_size", self.vocab_size)
+        check_positive_int("max_positions", self.max_positions)
+        if isinstance(self.type_vocab_size, bool) or not (
+            isinstance(self.type_vocab_size, int) and self.type_vocab_size >= 0
+        ):
+            raise ValueError(f"type_vocab_size must be an int >= 0, got {self.type_vocab_size!r}")
+        check_choice("position_encoding", self.position_encoding, ("learned", "sinusoidal"))
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(
+                f"pad_token_id must lie in [0, vocab_size={self.vocab_size}), "
+                f"got {self.pad_token_id!r}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class VisionConfig(EncoderConfig):
+    """A ViT-style image encoder: the encoder's sizes plus image and patch size.
+
+    Defaults are ViT-B/16's input (224 x 224 RGB, 16 x 16 patches), so ``VisionConfig.vit_base()``
+    describes the real model.
+    """
+
+    image_size: int = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    pooler: bool = False  # HF ViTModel's pooler: tanh(W h_[CLS] + b)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive_int("image_size", self.image_size)
+        check_positive_int("patch_size", self.patch_size)
+        check_positive_int("num_channels", self.num_channels)
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size must be divisible by patch_size, got {self.image_size} "
+                f"and {self.patch_size}"
+            )
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2

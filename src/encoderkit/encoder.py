@@ -11,6 +11,8 @@ Shape legend: B batch, T tokens, D model width, H heads.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -128,10 +130,22 @@ class Encoder(nn.Module):
 def init_weights(module: nn.Module) -> None:
     """BERT / ViT initialisation: Linear weights ~ N(0, 0.02) truncated at 2 std, zero biases."""
     if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02, a=-0.04, b=0.04)
+        trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+@torch.no_grad()
+def trunc_normal_(tensor: torch.Tensor, std: float) -> torch.Tensor:
+    """Fill with N(0, std^2) truncated to [-2 std, 2 std], by inverting the normal CDF.
+
+    The same distribution as ``nn.init.trunc_normal_``, whose rejection sampling takes seconds
+    for a BERT-size model.
+    """
+    edge = math.erf(2 / math.sqrt(2))  # CDF(2) - CDF(-2), mapped to [-1, 1]
+    tensor.uniform_(-edge, edge).erfinv_()  # U(CDF(-2), CDF(2)) -> Phi^-1, up to sqrt(2)
+    return tensor.mul_(std * math.sqrt(2)).clamp_(-2 * std, 2 * std)

@@ -1,0 +1,177 @@
+"""The two encoders people use: BERT-style text (Devlin et al. 2019) and ViT-style images
+(Dosovitskiy et al. 2021), and classification heads on top of them.
+
+Shape legend: B batch, T tokens, D model width, C channels / classes, N patches.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from encoderkit.checks import check_choice, check_positive_int
+from encoderkit.config import TextConfig, VisionConfig
+from encoderkit.embeddings import PatchEmbedding, TokenEmbedding
+from encoderkit.encoder import Encoder, init_weights, trunc_normal_
+from encoderkit.masks import padding_mask_bool
+
+Pooling = Literal["cls", "mean"]
+
+
+class Pooler(nn.Module):
+    """BERT's pooler: tanh(W h_[CLS] + b), the [CLS] state through one dense layer."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(d_model, d_model)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))  # (B, T, D) -> (B, D)
+
+
+class TextEncoder(nn.Module):
+    """Token, position and segment embeddings, then the encoder: (B, T) ids -> (B, T, D)."""
+
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        if not isinstance(config, TextConfig):
+            raise TypeError(f"config must be a TextConfig, got {type(config).__name__}")
+        self.config = c = config
+        self.embeddings = TokenEmbedding(
+            c.vocab_size,
+            c.d_model,
+            c.max_positions,
+            c.type_vocab_size,
+            c.position_encoding,
+            c.layer_norm_eps,
+            c.dropout,
+            c.pad_token_id,
+        )
+        self.encoder = Encoder(c)
+        self.pooler = Pooler(c.d_model) if c.pooler else None
+        self.embeddings.apply(_init_embeddings)
+        if self.pooler is not None:
+            init_weights(self.pooler.dense)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Last hidden states (B, T, D); 0 at padded positions. ``attention_mask`` as in
+        :mod:`encoderkit.masks`: True / 1 = real token."""
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T) -> (B, T, D)
+        return self.encoder(x, attention_mask)
+
+    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The pooled [CLS] representation (B, D): BERT's pooler when the model has one."""
+        return hidden[:, 0] if self.pooler is None else self.pooler(hidden)
+
+
+class VisionEncoder(nn.Module):
+    """Patch embeddings with a class token, then the encoder: (B, C, H, W) -> (B, 1 + N, D).
+
+    With pre-norm blocks (ViT) the encoder ends in the final LayerNorm.
+    """
+
+    def __init__(self, config: VisionConfig) -> None:
+        super().__init__()
+        if not isinstance(config, VisionConfig):
+            raise TypeError(f"config must be a VisionConfig, got {type(config).__name__}")
+        self.config = c = config
+        self.embeddings = PatchEmbedding(
+            c.image_size, c.patch_size, c.num_channels, c.d_model, c.dropout
+        )
+        self.encoder = Encoder(c)
+        self.pooler = Pooler(c.d_model) if c.pooler else None
+        if self.pooler is not None:
+            init_weights(self.pooler.dense)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.embeddings(pixels))  # (B, C, H, W) -> (B, 1 + N, D)
+
+    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden[:, 0] if self.pooler is None else self.pooler(hidden)
+
+
+def pool_tokens(
+    hidden: torch.Tensor, pooling: Pooling, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One vector per sequence: (B, T, D) -> (B, D).
+
+    "cls" takes the first token; "mean" averages the real tokens only (a sequence with none
+    gives 0).
+    """
+    check_choice("pooling", pooling, ("cls", "mean"))
+    if pooling == "cls":
+        return hidden[:, 0]
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    B, T, _ = hidden.shape
+    real = padding_mask_bool(attention_mask, B, T)[..., None].to(hidden.dtype)  # (B, T, 1)
+    return (hidden * real).sum(dim=1) / real.sum(dim=1).clamp_min(1.0)
+
+
+class SequenceClassifier(nn.Module):
+    """A text encoder with a linear head on the pooled sequence: (B, T) -> logits (B, C)."""
+
+    def __init__(self, config: TextConfig, num_classes: int, pooling: Pooling = "cls") -> None:
+        super().__init__()
+        check_positive_int("num_classes", num_classes)
+        check_choice("pooling", pooling, ("cls", "mean"))
+        self.pooling: Pooling = pooling
+        self.encoder = TextEncoder(config)
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.d_model, num_classes)
+        init_weights(self.head)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        hidden = self.encoder(input_ids, attention_mask, token_type_ids)
+        if self.pooling == "cls":
+            pooled = self.encoder.pool(hidden)
+        else:
+            pooled = pool_tokens(hidden, "mean", attention_mask)
+        return self.head(self.drop(pooled))
+
+
+class ImageClassifier(nn.Module):
+    """A vision encoder with a linear head: (B, C, H, W) -> logits (B, classes).
+
+    "cls" pools the class token; "mean" averages the patch tokens (not the class token), as
+    timm's global average pooling.
+    """
+
+    def __init__(self, config: VisionConfig, num_classes: int, pooling: Pooling = "cls") -> None:
+        super().__init__()
+        check_positive_int("num_classes", num_classes)
+        check_choice("pooling", pooling, ("cls", "mean"))
+        self.pooling: Pooling = pooling
+        self.encoder = VisionEncoder(config)
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.d_model, num_classes)
+        init_weights(self.head)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(pixels)  # (B, 1 + N, D)
+        if self.pooling == "cls":
+            pooled = self.encoder.pool(hidden)
+        else:
+            pooled = pool_tokens(hidden[:, 1:], "mean")
+        return self.head(self.drop(pooled))
+
+
+def _init_embeddings(module: nn.Module) -> None:
+    """BERT initialises embedding tables like its Linear layers, N(0, 0.02)."""
+    if isinstance(module, nn.Embedding):
+        trunc_normal_(module.weight, std=0.02)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
