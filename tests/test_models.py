@@ -236,7 +236,7 @@ def test_sequence_classifier_cls_is_head_of_pooled_cls(pooler):
     if pooler:
         dense = model.encoder.pooler.dense
         first = torch.tanh(first @ dense.weight.T + dense.bias)
-    expected = first @ model.head.weight.T + model.head.bias
+    expected = first @ model.head.fc.weight.T + model.head.fc.bias
     torch.testing.assert_close(logits, expected, atol=ATOL, rtol=0)
 
 

@@ -115,18 +115,29 @@ def pool_tokens(
     return (hidden * real).sum(dim=1) / real.sum(dim=1).clamp_min(1.0)
 
 
+class ClassificationHead(nn.Module):
+    """Dropout, then a linear layer on the pooled vector: (B, D) -> logits (B, classes)."""
+
+    def __init__(self, d_model: int, num_classes: int, dropout: float) -> None:
+        super().__init__()
+        check_positive_int("num_classes", num_classes)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(d_model, num_classes)
+        init_weights(self.fc)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(pooled))
+
+
 class SequenceClassifier(nn.Module):
     """A text encoder with a linear head on the pooled sequence: (B, T) -> logits (B, C)."""
 
     def __init__(self, config: TextConfig, num_classes: int, pooling: Pooling = "cls") -> None:
         super().__init__()
-        check_positive_int("num_classes", num_classes)
         check_choice("pooling", pooling, ("cls", "mean"))
         self.pooling: Pooling = pooling
         self.encoder = TextEncoder(config)
-        self.drop = nn.Dropout(config.dropout)
-        self.head = nn.Linear(config.d_model, num_classes)
-        init_weights(self.head)
+        self.head = ClassificationHead(config.d_model, num_classes, config.dropout)
 
     def forward(
         self,
@@ -139,7 +150,7 @@ class SequenceClassifier(nn.Module):
             pooled = self.encoder.pool(hidden)
         else:
             pooled = pool_tokens(hidden, "mean", attention_mask)
-        return self.head(self.drop(pooled))
+        return self.head(pooled)
 
 
 class ImageClassifier(nn.Module):
@@ -151,13 +162,10 @@ class ImageClassifier(nn.Module):
 
     def __init__(self, config: VisionConfig, num_classes: int, pooling: Pooling = "cls") -> None:
         super().__init__()
-        check_positive_int("num_classes", num_classes)
         check_choice("pooling", pooling, ("cls", "mean"))
         self.pooling: Pooling = pooling
         self.encoder = VisionEncoder(config)
-        self.drop = nn.Dropout(config.dropout)
-        self.head = nn.Linear(config.d_model, num_classes)
-        init_weights(self.head)
+        self.head = ClassificationHead(config.d_model, num_classes, config.dropout)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(pixels)  # (B, 1 + N, D)
@@ -165,7 +173,7 @@ class ImageClassifier(nn.Module):
             pooled = self.encoder.pool(hidden)
         else:
             pooled = pool_tokens(hidden[:, 1:], "mean")
-        return self.head(self.drop(pooled))
+        return self.head(pooled)
 
 
 def _init_embeddings(module: nn.Module) -> None:
