@@ -73,3 +73,59 @@ def test_embed_errors_are_one_line(tmp_path):
         main(["embed", "--file", str(tmp_path / "missing.txt")])
     with pytest.raises(SystemExit, match="expected a model directory"):
         main(["embed", "--model", str(tmp_path / "nowhere"), "hello"])
+
+
+def test_train_eval_predict_and_plot(tmp_path, capsys):
+    pytest.importorskip("sklearn", reason="the digits task reads scikit-learn's digits")
+    from PIL import Image
+
+    from encoderkit.data.digits import load_digits_split, write_digit_image
+    from encoderkit.train import load_run_model
+
+    run = tmp_path / "run"
+    args = ["train", "--out", str(run), "--max-steps", "40", "--n-layers", "1", "--no-progress"]
+    assert main(args) == 0
+    results = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert results["steps"] == 40
+
+    assert main(["eval", str(run)]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["accuracy"] == pytest.approx(results["best_accuracy"], abs=1e-4)
+    assert evaluated["test_examples"] == 360
+
+    split = load_digits_split()
+    paths = [str(write_digit_image(split.test_images[i], tmp_path / f"{i}.png")) for i in range(4)]
+    assert main(["predict", str(run), *paths]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    _, task = load_run_model(run)
+    with torch.no_grad():
+        expected = task.model(split.test_images[:4]).argmax(-1).tolist()
+    assert [int(line.split("\t")[0]) for line in lines] == expected
+    assert [line.split("\t")[2] for line in lines] == paths
+
+    png = tmp_path / "curves.png"
+    assert main(["plot", str(run), "--out", str(png)]) == 0
+    with Image.open(png) as image:
+        assert image.size == (1000, 400)
+        assert len(image.convert("L").getcolors(maxcolors=100_000) or []) > 10  # not blank
+
+
+def test_toml_config_and_flags(tmp_path, capsys):
+    pytest.importorskip("sklearn", reason="the digits task reads scikit-learn's digits")
+    config = tmp_path / "run.toml"
+    config.write_text(
+        f'out = "{tmp_path / "run"}"\nmax_steps = 3\nn_layers = 1\nprogress = false\n'
+    )
+    assert main(["train", "--config", str(config), "--max-steps", "4"]) == 0  # flag beats TOML
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["steps"] == 4
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert saved["n_layers"] == 1 and saved["max_steps"] == 4
+    config.write_text("max_stepz = 3\n")
+    with pytest.raises(SystemExit, match="max_stepz not TrainConfig fields; valid fields: "):
+        main(["train", "--config", str(config)])
+    with pytest.raises(SystemExit, match=r"cannot resume .*\(n_layers: saved 1, given 3\)"):
+        main(["train", "--resume", str(tmp_path / "run"), "--n-layers", "3"])
+    with pytest.raises(SystemExit, match="the text task needs --data"):
+        main(["train", "--task", "text", "--out", str(tmp_path / "t")])
+    with pytest.raises(SystemExit, match="no valid checkpoint found|can't find"):
+        main(["eval", str(tmp_path / "nowhere")])

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import typing
 from pathlib import Path
+from typing import Any
+
+import torch
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 from encoderkit.tour import PRESETS, run_tour
 
@@ -34,7 +44,60 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--similarity", action="store_true", help="print cosine similarities")
     embed.add_argument("--json", action="store_true", help="print JSON with full vectors")
     embed.add_argument("--batch-size", type=int, default=32)
+
+    train = commands.add_parser(
+        "train", help="train or fine-tune (digits, listops, text); --resume RUN continues"
+    )
+    train.add_argument("--config", type=Path, help="a TOML file of TrainConfig fields")
+    train.add_argument("--resume", type=Path, metavar="RUN", help="continue this run exactly")
+    add_config_flags(train)
+
+    evaluate = commands.add_parser("eval", help="accuracy of a run's best checkpoint")
+    evaluate.add_argument("run", type=Path)
+    evaluate.add_argument("--checkpoint", choices=["best", "latest"], default="best")
+
+    predict = commands.add_parser("predict", help="classify texts or image files with a run")
+    predict.add_argument("run", type=Path)
+    predict.add_argument("inputs", nargs="+", help="texts, ListOps expressions or image files")
+    predict.add_argument("--checkpoint", choices=["best", "latest"], default="best")
+
+    plot = commands.add_parser("plot", help="draw a run's loss and accuracy curves as PNG")
+    plot.add_argument("run", type=Path)
+    plot.add_argument("--out", type=Path, help="the PNG to write (default RUN/curves.png)")
     return parser
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field; unset flags stay out of the namespace (SUPPRESS), so the
+    TOML file and the saved run config give their values."""
+    from encoderkit.train import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    group = parser.add_argument_group("training configuration (TrainConfig fields)")
+    for f in dataclasses.fields(TrainConfig):
+        flag, hint = "--" + f.name.replace("_", "-"), hints[f.name]
+        kwargs: dict[str, Any] = {
+            "dest": f.name,
+            "default": argparse.SUPPRESS,
+            "help": f"default: {f.default!r}",
+        }
+        if hint is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif typing.get_origin(hint) is typing.Literal:
+            group.add_argument(flag, choices=typing.get_args(hint), **kwargs)
+        elif type(None) in typing.get_args(hint):  # X | None: "none" on the command line
+            base = next(a for a in typing.get_args(hint) if a is not type(None))
+            group.add_argument(flag, type=_optional(base), **kwargs)
+        else:
+            group.add_argument(flag, type=hint, **kwargs)
+
+
+def _optional(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("none", "") else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +108,105 @@ def main(argv: list[str] | None = None) -> int:
         run_tour(args.preset, args.batch, args.seq_len, args.seed)
     elif args.command == "embed":
         embed(args)
+    elif args.command == "train":
+        return run_training(args)
+    elif args.command == "eval":
+        run_eval(args)
+    elif args.command == "predict":
+        run_predict(args)
+    elif args.command == "plot":
+        from encoderkit.viz import plot_run
+
+        try:
+            print(plot_run(args.run, args.out))
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"encoderkit plot: {e}") from e
     return 0
+
+
+def train_config(args: argparse.Namespace) -> Any:
+    """TrainConfig from defaults < TOML file < flags, or the saved run's config for --resume."""
+    from encoderkit.train import TrainConfig, resume_config
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        try:
+            values = tomllib.loads(args.config.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ValueError(f"cannot read {args.config}: {e}") from e
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(
+                f"{args.config}: {', '.join(unknown)} not TrainConfig fields; "
+                f"valid fields: {', '.join(sorted(names))}"
+            )
+    values |= flags
+    if args.resume is not None:
+        return resume_config(args.resume, values)
+    return TrainConfig(**values)
+
+
+def run_training(args: argparse.Namespace) -> int:
+    import logging
+
+    from encoderkit.checkpoint import CheckpointError
+    from encoderkit.pretrained import PretrainedError
+    from encoderkit.train import NonFiniteError, train
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        cfg = train_config(args)
+        results = train(cfg, resume=args.resume is not None)
+    except (ValueError, TypeError, FileNotFoundError, CheckpointError, PretrainedError) as e:
+        raise SystemExit(f"encoderkit train: {e}") from e
+    except NonFiniteError as e:
+        raise SystemExit(f"encoderkit train: {e}") from e
+    print(json.dumps(results))
+    if results["stopped"] == "interrupted":
+        print(f"interrupted; continue with: encoderkit train --resume {cfg.out}")
+        return 130
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from encoderkit.checkpoint import CheckpointError
+    from encoderkit.train import evaluate, load_run_model
+
+    try:
+        cfg, task = load_run_model(args.run, args.checkpoint)
+    except (CheckpointError, ValueError) as e:
+        raise SystemExit(f"encoderkit eval: {e}") from e
+    loss, accuracy = evaluate(task.model, task, task.test, cfg, torch.device("cpu"))
+    print(
+        json.dumps(
+            {
+                "run": str(args.run),
+                "task": cfg.task,
+                "test_examples": len(task.test[-1]),
+                "loss": round(loss, 4),
+                "accuracy": round(accuracy, 4),
+            }
+        )
+    )
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    from encoderkit.checkpoint import CheckpointError
+    from encoderkit.tasks import prepare_inputs
+    from encoderkit.train import load_run_model
+
+    try:
+        cfg, task = load_run_model(args.run, args.checkpoint)
+        inputs = prepare_inputs(cfg, args.inputs)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"encoderkit predict: {e}") from e
+    with torch.no_grad():
+        probs = task.model(*inputs).softmax(-1)
+    for text, p in zip(args.inputs, probs, strict=True):
+        k = int(p.argmax())
+        print(f"{task.classes[k]}\t{float(p[k]):.3f}\t{text}")
 
 
 def embed(args: argparse.Namespace) -> None:

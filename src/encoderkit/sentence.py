@@ -87,7 +87,7 @@ class SentenceEncoder(nn.Module):
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask, (N, T) each, padded to the longest text."""
-        return _pad(self.token_ids(texts))
+        return pad_token_ids(self.token_ids(texts))
 
     @torch.inference_mode()
     def encode(self, texts: list[str] | str, batch_size: int = 32) -> torch.Tensor:
@@ -104,14 +104,15 @@ class SentenceEncoder(nn.Module):
         order = sorted(range(len(texts)), key=lambda i: -len(token_ids[i]))  # like lengths
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            ids, mask = _pad([token_ids[i] for i in chunk])
+            ids, mask = pad_token_ids([token_ids[i] for i in chunk])
             hidden = self.model(ids, mask)  # (n, T) -> (n, T, D)
             vectors = pool_tokens(hidden, "mean", mask)  # -> (n, D)
             out[chunk] = F.normalize(vectors, p=2, dim=-1) if self.normalize else vectors
         return out
 
 
-def _pad(token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_token_ids(token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids (N, T), mask (N, T), True = real token) right-padded to the longest sequence."""
     longest = max(len(ids) for ids in token_ids)
     ids = torch.zeros(len(token_ids), longest, dtype=torch.long)  # pad id 0, masked anyway
     mask = torch.zeros(len(token_ids), longest, dtype=torch.bool)

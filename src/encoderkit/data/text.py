@@ -1,0 +1,203 @@
+"""The user's own labelled texts: read from CSV or JSON Lines, split into train and test.
+
+Labels are kept as strings (``str()`` of whatever the file holds, surrounding spaces stripped,
+so ``1`` and ``"1"`` are the same class but ``1.0`` is another) and numbered by their sorted
+order: ``classes[label]`` is the original label of each text. Sorting is by string, so "10"
+comes before "2".
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+SUPPORTED_SUFFIXES = (".csv", ".jsonl")
+
+
+class LabelledTexts(NamedTuple):
+    """Texts with integer labels indexing ``classes``, the sorted distinct label strings."""
+
+    texts: list[str]
+    labels: list[int]
+    classes: list[str]
+
+
+def read_labelled_texts(
+    path: str | os.PathLike[str], text_column: str = "text", label_column: str = "label"
+) -> LabelledTexts:
+    """Read texts and labels from a ``.csv`` file (header row first) or a ``.jsonl`` file (one
+    JSON object per line, blank lines skipped), both UTF-8.
+
+    Every error names the file, and the line when one line is at fault: a missing file
+    (``FileNotFoundError``), an unsupported extension, missing columns (the ones found are
+    listed), a line that is not a JSON object, a missing text, an empty or missing label, no rows
+    at all, or fewer than two distinct labels (``ValueError``).
+    """
+    for name, column in (("text_column", text_column), ("label_column", label_column)):
+        if not isinstance(column, str) or not column:
+            raise TypeError(f"{name} must be a non-empty str, got {column!r}")
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no labelled-text file at {path}")
+    if not path.is_file():
+        raise ValueError(f"expected a file at {path}, found a directory or other non-file")
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise ValueError(
+            f"{path}: unsupported file type {suffix or '(no extension)'!r}; supported: "
+            f"{', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    try:
+        rows = (_read_csv if suffix == ".csv" else _read_jsonl)(path, text_column, label_column)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from e
+    if not rows:
+        raise ValueError(f"{path}: no labelled texts found (the file has no data rows)")
+    classes = sorted({label for _, label in rows})
+    if len(classes) < 2:
+        raise ValueError(
+            f"{path}: a classifier needs at least 2 distinct labels in {label_column!r}, found "
+            f"only {classes[0]!r} ({len(rows)} rows)"
+        )
+    index = {name: i for i, name in enumerate(classes)}
+    return LabelledTexts([t for t, _ in rows], [index[label] for _, label in rows], classes)
+
+
+def _read_csv(path: Path, text_column: str, label_column: str) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        found = reader.fieldnames or []
+        missing = [c for c in (text_column, label_column) if c not in found]
+        if missing:
+            raise ValueError(
+                f"{path}: missing column(s) {missing} in the header row; found columns {found}"
+            )
+        try:
+            for record in reader:
+                line = reader.line_num
+                rows.append(_row(record, text_column, label_column, path, line))
+        except csv.Error as e:
+            raise ValueError(f"{path}, line {reader.line_num}: malformed CSV ({e})") from e
+    return rows
+
+
+def _read_jsonl(path: Path, text_column: str, label_column: str) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    with open(path, encoding="utf-8-sig") as f:
+        for line, content in enumerate(f, start=1):
+            if not content.strip():
+                continue
+            try:
+                record = json.loads(content)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {line}: not valid JSON ({e})") from e
+            if not isinstance(record, dict):
+                raise ValueError(
+                    f"{path}, line {line}: expected a JSON object, got {type(record).__name__}"
+                )
+            missing = [c for c in (text_column, label_column) if c not in record]
+            if missing:
+                raise ValueError(
+                    f"{path}, line {line}: missing column(s) {missing}; found columns "
+                    f"{list(record)}"
+                )
+            rows.append(_row(record, text_column, label_column, path, line))
+    return rows
+
+
+def _row(
+    record: dict[str, object], text_column: str, label_column: str, path: Path, line: int
+) -> tuple[str, str]:
+    text, label = record.get(text_column), record.get(label_column)
+    if not isinstance(text, str):
+        got = "nothing (a short row)" if text is None else type(text).__name__
+        raise ValueError(f"{path}, line {line}: expected a string in {text_column!r}, got {got}")
+    if isinstance(label, (dict, list)):
+        raise ValueError(
+            f"{path}, line {line}: expected a label in {label_column!r}, got a "
+            f"{type(label).__name__}"
+        )
+    label_text = "" if label is None else str(label).strip()
+    if not label_text:
+        raise ValueError(f"{path}, line {line}: empty or missing label in {label_column!r}")
+    return text, label_text
+
+
+def split(
+    data: LabelledTexts, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[LabelledTexts, LabelledTexts]:
+    """Split into (train, test), the same for the same arguments, both non-empty.
+
+    The test part has ``ceil(test_fraction * n)`` examples (kept within 1..n-1). When every class
+    has at least 2 examples the split is stratified: each class gives the test part its share up
+    to rounding, with at least one example in each part whenever both parts have room for every
+    class; otherwise it is a plain seeded shuffle. Each part keeps the file order and the full
+    ``classes`` list.
+    """
+    if not isinstance(data, LabelledTexts):
+        raise TypeError(f"data must be LabelledTexts, got {type(data).__name__}")
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)):
+        raise TypeError(f"test_fraction must be a float, got {type(test_fraction).__name__}")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be strictly between 0 and 1, got {test_fraction}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    n = len(data.texts)
+    if len(data.labels) != n:
+        raise ValueError(f"data has {n} texts but {len(data.labels)} labels")
+    if any(
+        isinstance(y, bool) or not isinstance(y, int) or not 0 <= y < len(data.classes)
+        for y in data.labels
+    ):
+        raise ValueError(f"data.labels must be ints indexing the {len(data.classes)} classes")
+    if n < 2:
+        raise ValueError(f"need at least 2 examples to make a train and a test part, got {n}")
+    # rounded first so that float fuzz (0.3 * 10 = 3.0000000000000004) does not add one
+    n_test = min(max(math.ceil(round(test_fraction * n, 9)), 1), n - 1)
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(data.labels, dtype=np.int64)
+    counts = np.bincount(labels, minlength=len(data.classes))
+    present = np.flatnonzero(counts)
+    if counts[present].min() >= 2:
+        per_class = _allocate(counts[present], n_test)
+        test = np.concatenate(
+            [
+                rng.permutation(np.flatnonzero(labels == c))[:k]
+                for c, k in zip(present, per_class, strict=True)
+            ]
+        )
+    else:
+        test = rng.permutation(n)[:n_test]
+    in_test = np.zeros(n, dtype=bool)
+    in_test[test] = True
+    return _subset(data, np.flatnonzero(~in_test)), _subset(data, np.flatnonzero(in_test))
+
+
+def _allocate(counts: np.ndarray, n_test: int) -> list[int]:
+    """Test examples per class: as close to proportional as possible, summing to ``n_test``,
+    at least 1 per class when n_test allows it and at least 1 left to train when it allows."""
+    n, k = int(counts.sum()), len(counts)
+    ideal = counts * n_test / n
+    low = np.full(k, 1 if n_test >= k else 0)
+    high = counts - (1 if n - n_test >= k else 0)
+    take = np.clip(np.floor(ideal).astype(np.int64), low, high)
+    while take.sum() < n_test:  # give to the class furthest below its share (first on ties)
+        room = np.where(take < high, ideal - take, -np.inf)
+        take[int(np.argmax(room))] += 1
+    while take.sum() > n_test:  # take from the class furthest above its share
+        excess = np.where(take > low, take - ideal, -np.inf)
+        take[int(np.argmax(excess))] -= 1
+    return [int(t) for t in take]
+
+
+def _subset(data: LabelledTexts, index: np.ndarray) -> LabelledTexts:
+    return LabelledTexts(
+        [data.texts[i] for i in index], [data.labels[i] for i in index], list(data.classes)
+    )
