@@ -163,6 +163,11 @@ def run_training(args: argparse.Namespace) -> int:
         raise SystemExit(f"encoderkit train: {e}") from e
     except NonFiniteError as e:
         raise SystemExit(f"encoderkit train: {e}") from e
+    print(
+        f"{cfg.task}: test accuracy {results['test_accuracy']:.4f} after {results['steps']} steps "
+        f"(best {results['best_accuracy']:.4f} at step {results['best_step']}) in "
+        f"{results['seconds']:.0f} s; run directory {cfg.out}"
+    )
     print(json.dumps(results))
     if results["stopped"] == "interrupted":
         print(f"interrupted; continue with: encoderkit train --resume {cfg.out}")

@@ -150,6 +150,7 @@ class Progress:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
+    accuracy: float = -1.0  # at the latest evaluation
     best_accuracy: float = -1.0
     best_step: int = 0
     evals_since_best: int = 0
@@ -254,9 +255,11 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         logger.close()
     seconds = time.perf_counter() - started
     results = {
+        "task": cfg.task,
         "steps": progress.step,
         "total_steps": total,
         "seconds": round(seconds, 1),
+        "test_accuracy": progress.accuracy,
         "best_accuracy": progress.best_accuracy,
         "best_step": progress.best_step,
         "skipped_steps": progress.skipped_steps,
@@ -379,6 +382,7 @@ def evaluate_and_track(
 ) -> bool:
     """Evaluate on the test split, log it, and track the best; True if this is a new best."""
     loss, accuracy = evaluate(model, task, task.test, cfg, ranks.device)
+    progress.accuracy = accuracy
     logger.write(
         {
             "step": progress.step,
@@ -539,7 +543,9 @@ class MetricsLog:
         if self.main and show:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0
+            )
         self.last_eval = ""
 
     def write(self, record: dict[str, Any]) -> None:
@@ -562,6 +568,7 @@ class MetricsLog:
                 acc=f"{record['accuracy']:.2f}",
                 tok_s=f"{record['tokens_per_s']:.0f}",
                 eval_acc=self.last_eval,
+                refresh=False,
             )
 
     def close(self) -> None:
