@@ -239,26 +239,39 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
     assert steps == list(range(1, stopped_at + 1))
 
 
+TORCHRUN_COMMON = ["--batch-size", "32", "--dropout", "0", "--lr", "1e-4", "--no-progress",
+                   "--n-layers", "2", "--eval-every", "3", "--max-steps", "6"]  # fmt: skip
+
+
+def _run(*args: str, nproc: int = 1) -> None:
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    result = subprocess.run(
+        [sys.executable, *(launcher if nproc > 1 else []), "-m", "encoderkit", "train", *args],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _same_run(a: Path, b: Path) -> None:
+    wa, _, _ = load_checkpoint(latest_checkpoint(a))
+    wb, _, _ = load_checkpoint(latest_checkpoint(b))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=0)
+    la, lb = losses(a), losses(b)
+    assert [r[:2] for r in la] == [r[:2] for r in lb]
+    assert [r[2] for r in la] == pytest.approx([r[2] for r in lb], abs=1e-5)
+
+
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_equal_one_process(tmp_path):
-    common = ["--max-steps", "6", "--batch-size", "32", "--dropout", "0", "--lr", "1e-4",
-              "--no-progress", "--n-layers", "2", "--eval-every", "3"]  # fmt: skip
-    single = subprocess.run(
-        [sys.executable, "-m", "encoderkit", "train", "--out", str(tmp_path / "one"), *common],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert single.returncode == 0, single.stderr[-3000:]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    double = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "encoderkit", "train", "--out", str(tmp_path / "two"), *common],
-        capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
-    assert double.returncode == 0, double.stderr[-3000:]
-    a, _, _ = load_checkpoint(latest_checkpoint(tmp_path / "one"))
-    b, _, _ = load_checkpoint(latest_checkpoint(tmp_path / "two"))
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
-    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
-    assert [r[:2] for r in one] == [r[:2] for r in two]
-    assert [r[2] for r in one] == pytest.approx([r[2] for r in two], abs=1e-5)
+    _run("--out", str(tmp_path / "one"), *TORCHRUN_COMMON)
+    _run("--out", str(tmp_path / "two"), *TORCHRUN_COMMON, nproc=2)
+    _same_run(tmp_path / "one", tmp_path / "two")
+
+
+@pytest.mark.slow
+def test_a_two_process_run_resumes_in_one_process(tmp_path):
+    _run("--out", str(tmp_path / "one"), *TORCHRUN_COMMON)
+    _run("--out", str(tmp_path / "moved"), *TORCHRUN_COMMON, "--stop-at-step", "4", nproc=2)
+    _run("--resume", str(tmp_path / "moved"), "--stop-at-step", "none", "--no-progress")
+    _same_run(tmp_path / "one", tmp_path / "moved")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import uuid
 from pathlib import Path
@@ -52,30 +53,32 @@ def save_checkpoint(
     keep_last: int = 2,
 ) -> Path:
     """Write the checkpoint of ``step`` atomically, then keep only the ``keep_last`` newest and the
-    steps in ``keep`` (the best one, say). Returns the checkpoint directory."""
+    steps in ``keep`` (the best one, say). Returns the checkpoint directory.
+
+    A step is written once: if its complete checkpoint exists (saved for a new best and again on
+    schedule, say), it is kept as it is, so no moment ever lacks it.
+    """
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(f"{TMP_PREFIX}*"):  # left by a save that was killed
         shutil.rmtree(stale, ignore_errors=True)
     final = root / f"{PREFIX}{step:08d}"
+    if (final / MANIFEST).is_file():
+        _purge(root, keep_last, keep or set())
+        return final
+    shutil.rmtree(final, ignore_errors=True)  # an incomplete directory of that name, if any
     tmp = root / f"{TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     torch.save(state, tmp / "state.pt")
-    (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2) + "\n")
+    (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=2) + "\n")
     hashes = {name: _sha256(tmp / name) for name in FILES}
     (tmp / MANIFEST).write_text(json.dumps({"step": step, "sha256": hashes}, indent=2) + "\n")
     for name in (*FILES, MANIFEST):
         fsync_path(tmp / name)
     fsync_path(tmp)
-    if final.exists():  # the same step saved again (a resumed run): replace it whole
-        old = root / f"{TMP_PREFIX}old-{final.name}-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    os.replace(tmp, final)
     fsync_path(root)
     _purge(root, keep_last, keep or set())
     return final
@@ -105,8 +108,9 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     """(weights, state, meta) of one checkpoint directory, after checking every file's hash."""
     path = Path(path)
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
-        hashes = manifest["sha256"]
+        hashes = json.loads((path / MANIFEST).read_text())["sha256"]
+        if not isinstance(hashes, dict):
+            raise TypeError(f"sha256 must map file names to hashes, got {hashes!r}")
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: no valid {MANIFEST} ({e})") from e
     for name in FILES:
@@ -115,7 +119,10 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         if _sha256(path / name) != hashes.get(name):
             raise CheckpointError(f"{path}: {name} does not match its SHA-256 in {MANIFEST}")
     weights = load_file(str(path / "model.safetensors"))
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # something other than tensors and plain containers
+        raise CheckpointError(f"{path}: state.pt holds objects that are not allowed ({e})") from e
     meta = json.loads((path / "meta.json").read_text())
     return weights, state, meta
 
@@ -125,7 +132,7 @@ def step_of(path: Path) -> int:
 
 
 def _purge(root: Path, keep_last: int, keep: set[int]) -> None:
-    found = sorted(root.glob(f"{PREFIX}*"), key=step_of)
+    found = list_checkpoints(root.parent)  # complete ones only count
     for old in found[: -max(keep_last, 1)]:  # never the one just written
         if step_of(old) not in keep:
             shutil.rmtree(old, ignore_errors=True)

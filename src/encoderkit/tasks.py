@@ -126,6 +126,11 @@ def _text(cfg: TrainConfig) -> Task:
         pretrained = load_pretrained(shipped_model_path())
         if not isinstance(pretrained, TextEncoder):
             raise ValueError("all-MiniLM-L6-v2 should load as a TextEncoder")
+        if cfg.text_max_length > pretrained.config.max_positions:
+            raise ValueError(
+                f"text_max_length must be at most all-MiniLM-L6-v2's max_positions "
+                f"{pretrained.config.max_positions}, got {cfg.text_max_length}"
+            )
         config = dataclasses.replace(
             pretrained.config, dropout=cfg.dropout, attention_dropout=cfg.attention_dropout
         )

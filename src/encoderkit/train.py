@@ -93,6 +93,7 @@ class TrainConfig:
         check_choice("pooling", self.pooling, ("cls", "mean"))
         check_choice("on_nonfinite", self.on_nonfinite, ("abort", "skip"))
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("init", self.init, ("scratch", "all-MiniLM-L6-v2"))
         for name in (
             "epochs",
             "batch_size",

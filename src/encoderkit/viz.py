@@ -39,6 +39,8 @@ def plot_run(run: str | Path, out: str | Path | None = None) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     target = Path(out) if out is not None else run / "curves.png"
-    atomic_write(target, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    try:
+        atomic_write(target, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
     return target
