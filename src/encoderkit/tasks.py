@@ -58,18 +58,18 @@ def build_task(cfg: TrainConfig) -> Task:
     raise ValueError(f"task must be one of {list(TASKS)}, got {cfg.task!r}")
 
 
+def encoder_sizes(cfg: TrainConfig) -> dict[str, Any]:
+    """The EncoderConfig fields a run sets, shared by every task's model."""
+    names = ("d_model", "n_heads", "d_ff", "n_layers", "dropout", "attention_dropout", "norm_first")
+    return {name: getattr(cfg, name) for name in names}
+
+
 def _digits(cfg: TrainConfig) -> Task:
     from encoderkit.data.digits import load_digits_split
 
     split = load_digits_split(seed=cfg.seed)
     config = VisionConfig(
-        d_model=cfg.d_model,
-        n_heads=cfg.n_heads,
-        d_ff=cfg.d_ff,
-        n_layers=cfg.n_layers,
-        dropout=cfg.dropout,
-        attention_dropout=cfg.attention_dropout,
-        norm_first=cfg.norm_first,
+        **encoder_sizes(cfg),
         layer_norm_eps=1e-6,
         image_size=8,
         patch_size=2,
@@ -91,13 +91,7 @@ def _listops(cfg: TrainConfig) -> Task:
     train = listops.encode(listops.generate(n_train, max_length=length, seed=cfg.seed), length)
     test = listops.encode(listops.generate(n_test, max_length=length, seed=cfg.seed + 1), length)
     config = TextConfig(
-        d_model=cfg.d_model,
-        n_heads=cfg.n_heads,
-        d_ff=cfg.d_ff,
-        n_layers=cfg.n_layers,
-        dropout=cfg.dropout,
-        attention_dropout=cfg.attention_dropout,
-        norm_first=cfg.norm_first,
+        **encoder_sizes(cfg),
         vocab_size=len(listops.VOCAB),
         max_positions=length + 1,
         type_vocab_size=0,
@@ -138,13 +132,7 @@ def _text(cfg: TrainConfig) -> Task:
         model.encoder.load_state_dict(pretrained.state_dict())
     elif cfg.init == "scratch":
         config = TextConfig(
-            d_model=cfg.d_model,
-            n_heads=cfg.n_heads,
-            d_ff=cfg.d_ff,
-            n_layers=cfg.n_layers,
-            dropout=cfg.dropout,
-            attention_dropout=cfg.attention_dropout,
-            norm_first=cfg.norm_first,
+            **encoder_sizes(cfg),
             vocab_size=tokenizer.get_vocab_size(),
             max_positions=cfg.text_max_length,
         )

@@ -196,7 +196,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     if resume:
         progress = restore(run, model, optimizer, ranks)
     else:
-        torch.manual_seed(cfg.seed + ranks.rank)  # dropout and augmentation differ per rank
+        torch.manual_seed(cfg.seed + ranks.rank)  # dropout masks differ per rank
         if ranks.main:
             write_run_config(run, cfg, task)
     if ranks.world > 1:
