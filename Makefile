@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml requirements-ci.txt
 demo: $(STAMP)
 	rm -rf runs/digits-demo
 	$(BIN)/encoderkit train --task digits --out runs/digits-demo
+	$(BIN)/encoderkit attention --checkpoint runs/digits-demo --example 0 \
+		--out runs/digits-demo/attention.png
 
 test: $(STAMP) lint
+	bash scripts/install-browser.sh  # Debian's chromium, for the HTML viewer's browser test
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

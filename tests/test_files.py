@@ -28,3 +28,13 @@ def test_a_failed_write_keeps_the_old_file_and_cleans_up(tmp_path, error):
         atomic_write(target, half_then_fail)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["weights.bin"]
+
+
+def test_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    target = atomic_write_text(tmp_path / "atomic.txt", "x")
+    assert target.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    assert os.access(target, os.R_OK)

@@ -1,4 +1,5 @@
-"""Training curves: the PNG is drawn from the metrics, at its size, and written atomically."""
+"""Training curves and attention maps: each PNG is drawn from its data, at its size, and written
+atomically; attention rollout matches a hand computation."""
 
 from __future__ import annotations
 
@@ -12,9 +13,20 @@ import pytest
 pytest.importorskip("matplotlib", reason="the curves are drawn with matplotlib")
 pytest.importorskip("PIL", reason="the test reads the PNG back with Pillow")
 
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.figure import Figure
 from PIL import Image
 
-from encoderkit.viz import plot_run
+from encoderkit.viz import (
+    DPI,
+    MAX_FIGURE_INCHES,
+    attention_rollout,
+    plot_heads,
+    plot_image_attention,
+    plot_overview,
+    plot_run,
+)
 
 TRAIN_COLOUR, EVAL_COLOUR = (31, 119, 180), (255, 127, 14)  # matplotlib's C0 and C1
 
@@ -118,3 +130,215 @@ def test_a_failed_write_keeps_the_old_png_and_leaves_no_temporary_file(tmp_path,
         plt.close("all")  # plot_run leaves its figure open when the write fails
     assert (tmp_path / "curves.png").read_bytes() == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "metrics.jsonl"]
+
+
+# Attention maps -------------------------------------------------------------------------------
+
+TOKENS = ["[CLS]", "the", "cat", "sat", "[SEP]"]
+VIRIDIS_TOP = (253, 231, 37)  # viridis at 1.0: a query's whole attention on one key
+
+
+def random_maps(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).softmax(dim=-1)
+
+
+def open_png(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The PNG as (h, w, 3) ints, after checking it is a PNG of ``size`` and not blank."""
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        if size is not None:
+            assert img.size == size
+        rgb = img.convert("RGB")
+        assert len(rgb.getcolors(1_000_000)) > 50  # heatmaps, text, colour bar: not blank
+        return np.asarray(rgb).astype(np.int16)
+
+
+def test_plot_heads_size_follows_its_layout(tmp_path):
+    # 4 heads of T = 5: one row of four 2-inch panels (the smallest), 9 pt labels with a
+    # 0.54-inch margin; (4 x 2.69 + 0.9 colour bar) x (2.84 + 0.5 title) inches, rounded up to
+    # a quarter inch, at 100 dpi.
+    assert DPI == 100
+    out = plot_heads(random_maps(4, 5, 5), TOKENS, tmp_path / "heads.png", title="layer 0")
+    assert out == tmp_path / "heads.png"
+    open_png(out, (1175, 350))
+    assert [p.name for p in tmp_path.iterdir()] == ["heads.png"]
+    assert plt.get_fignums() == []
+
+
+def test_plot_heads_grows_with_heads_and_tokens_within_limits(tmp_path):
+    def size(H: int, T: int) -> tuple[int, int]:
+        tokens = [f"t{i}" for i in range(T)]
+        with Image.open(plot_heads(random_maps(H, T, T), tokens, tmp_path / "h.png")) as img:
+            return img.size
+
+    small, more_heads, more_tokens = size(2, 5), size(8, 5), size(2, 20)
+    assert more_heads[0] > small[0] and more_heads[1] > 2 * small[1] - 50  # 4 wide, 2 rows
+    assert more_tokens[0] > small[0] and more_tokens[1] > small[1]  # bigger panels
+    long_text = size(4, 300)  # 6-inch panels would make it 27 inches wide: they shrink
+    assert long_text[0] <= MAX_FIGURE_INCHES[0] * DPI and long_text[1] <= MAX_FIGURE_INCHES[1] * DPI
+
+
+def test_plot_heads_draws_queries_as_rows_and_keys_as_columns(tmp_path):
+    every_query_on_key_0 = torch.zeros(1, 5, 5)
+    every_query_on_key_0[0, :, 0] = 1.0
+    image = open_png(plot_heads(every_query_on_key_0, TOKENS, tmp_path / "h.png"))
+    panel = image[:, : image.shape[1] - 100]  # leave out the colour bar on the right
+    ys, xs = np.nonzero(np.abs(panel - np.array(VIRIDIS_TOP)).max(axis=-1) <= 3)
+    # one 2-inch panel of 5 cells: the bright cells form a column 40 px wide, 200 px high
+    assert 36 <= xs.max() - xs.min() + 1 <= 42
+    assert 195 <= ys.max() - ys.min() + 1 <= 202
+
+
+def test_the_heads_picture_follows_the_maps(tmp_path):
+    a = open_png(plot_heads(random_maps(2, 5, 5, seed=1), TOKENS, tmp_path / "a.png"))
+    b = open_png(plot_heads(random_maps(2, 5, 5, seed=2), TOKENS, tmp_path / "b.png"))
+    assert (a != b).any(axis=-1).sum() > 1000
+
+
+def test_plot_overview_size_and_a_token_text_matplotlib_would_parse(tmp_path):
+    # 3 layers x 4 heads of 1-inch cells with 0.06 gaps: (0.5 + 4 x 1.06 + 0.9) x
+    # (0.85 + 3 x 1.06 + 0.15) inches, rounded up to a quarter inch. The tokens "$", "}", "$"
+    # would be mathtext (and a parse error) unless escaped.
+    maps = [random_maps(4, 5, 5, seed=s) for s in range(3)]
+    tokens = ["[CLS]", "$", "}", "$", "[SEP]"]
+    open_png(plot_overview(maps, tokens, tmp_path / "all.png"), (575, 425))
+    open_png(plot_heads(maps[0], tokens, tmp_path / "one.png", title="$}$"))
+    assert plt.get_fignums() == []
+
+
+def hand_maps() -> list[torch.Tensor]:
+    """2 layers x 2 heads, T = 3, chosen so the rollout is exact in binary."""
+    eye = torch.eye(3, dtype=torch.float64)
+    cycle = eye[[1, 2, 0]]  # query i looks at key i + 1 (mod 3)
+    first, last = torch.zeros(3, 3, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64)
+    first[:, 0], last[:, 2] = 1.0, 1.0
+    return [torch.stack([eye, cycle]), torch.stack([first, last])]
+
+
+def test_attention_rollout_by_hand():
+    # Layer 1: mean of heads [[.5,.5,0],[0,.5,.5],[.5,0,.5]]; + I and rows renormalised:
+    # A1 = [[.75,.25,0],[0,.75,.25],[.25,0,.75]]. Layer 2: mean [[.5,0,.5]] in every row;
+    # A2 = [[.75,0,.25],[.25,.5,.25],[.25,0,.75]]. Rollout = A2 @ A1.
+    expected = torch.tensor(
+        [[0.625, 0.1875, 0.1875], [0.25, 0.4375, 0.3125], [0.375, 0.0625, 0.5625]],
+        dtype=torch.float64,
+    )
+    rollout = attention_rollout(hand_maps())
+    assert rollout.dtype == torch.float64 and torch.equal(rollout, expected)
+    reversed_order = attention_rollout(hand_maps()[::-1])  # A1 @ A2: the order matters
+    assert not torch.allclose(reversed_order, expected)
+
+
+def test_attention_rollout_properties():
+    maps = [random_maps(3, 7, 7, seed=s) for s in range(5)]
+    rollout = attention_rollout(maps)
+    assert rollout.shape == (7, 7) and rollout.dtype == torch.float32
+    torch.testing.assert_close(rollout.sum(dim=-1), torch.ones(7), atol=1e-6, rtol=0)
+    assert (rollout >= 0).all()
+    identity = [torch.eye(7).expand(3, 7, 7) for _ in range(4)]
+    assert torch.equal(attention_rollout(identity), torch.eye(7))
+    one_layer = attention_rollout(maps[:1])  # a single layer is (mean + I) / 2
+    torch.testing.assert_close(one_layer, (maps[0].mean(dim=0) + torch.eye(7)) / 2)
+
+
+def class_token_on(patch: int, heads: int, n_patches: int, layers: int = 2) -> list[torch.Tensor]:
+    """Every head's class token puts all its attention on one patch (token 1 + patch)."""
+    maps = random_maps(heads, 1 + n_patches, 1 + n_patches)
+    maps[:, 0] = 0.0
+    maps[:, 0, 1 + patch] = 1.0
+    return [maps.clone() for _ in range(layers)]
+
+
+def test_plot_image_attention_gray_size_and_where_the_class_token_looks(tmp_path):
+    # An 8 x 8 gray image in 2 x 2 patches (16), 4 heads: 6 panels of 2.5 inches, 5 to a row:
+    # (5 x 2.65 + 0.15) x (2 x 3.0 + 0.15) inches, rounded up to a quarter inch.
+    image = torch.full((1, 8, 8), 0.5)
+    top_left = open_png(
+        plot_image_attention(image, class_token_on(0, 4, 16), 2, tmp_path / "a.png"), (1350, 625)
+    )
+    bottom_right = open_png(
+        plot_image_attention(image, class_token_on(15, 4, 16), 2, tmp_path / "b.png")
+    )
+    # Head 0's panel spans x 280..530, y 50..300 px; each patch is a 62.5 px square.
+    tl, br = (slice(58, 105), slice(288, 335)), (slice(245, 292), slice(475, 522))
+    for picture, bright, dark in ((top_left, tl, br), (bottom_right, br, tl)):
+        assert picture[bright].mean() > picture[dark].mean() + 80
+    assert (top_left[55:295, 20:260] == 128).all()  # the first panel: the plain gray image
+
+
+def test_plot_image_attention_rgb_and_rectangular(tmp_path):
+    # A 32 x 48 red image in 8 x 8 patches (4 x 6), 2 heads: 4 panels in one row,
+    # 2.5 x 1.67 inches each: (4 x 2.65 + 0.15) x (1.67 + 0.5 + 0.15) inches, rounded up.
+    image = torch.zeros(3, 32, 48)
+    image[0] = 1.0
+    picture = open_png(
+        plot_image_attention(image, class_token_on(3, 2, 24), 8, tmp_path / "rgb.png", layer=0),
+        (1075, 250),
+    )
+    assert (picture[70:210, 20:260] == np.array([255, 0, 0])).all()
+    assert plt.get_fignums() == []
+
+
+def test_figures_are_closed_and_no_file_is_left_when_the_write_fails(tmp_path, monkeypatch):
+    def crash(self, fname, **kwargs):
+        Path(fname).write_bytes(b"\x89PNG half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", crash)
+    maps = [random_maps(2, 5, 5)]
+    calls = [
+        lambda: plot_heads(maps[0], TOKENS, tmp_path / "a.png"),
+        lambda: plot_overview(maps, TOKENS, tmp_path / "b.png"),
+        lambda: plot_image_attention(torch.rand(1, 4, 4), class_token_on(0, 2, 4), 2,
+                                     tmp_path / "c.png"),
+    ]  # fmt: skip
+    for call in calls:
+        with pytest.raises(OSError, match="disk full"):
+            call()
+        assert plt.get_fignums() == []
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda o: plot_heads(random_maps(1, 2, 5, 5), TOKENS, o), ValueError,
+         r"3-D \(H, T, T\), got shape \(1, 2, 5, 5\) \(one example: take maps\[layer\]\[b\]"),
+        (lambda o: plot_heads(random_maps(2, 5, 4), TOKENS, o), ValueError,
+         r"\(H, T, T\) with H, T >= 1, queries = keys, got \(2, 5, 4\)"),
+        (lambda o: plot_heads(torch.ones(2, 5, 5, dtype=torch.long), TOKENS, o), TypeError,
+         "floating point"),
+        (lambda o: plot_heads(random_maps(2, 5, 5), TOKENS[:4], o), ValueError,
+         "T = 5 tokens but 4 tokens were given"),
+        (lambda o: plot_heads(random_maps(2, 5, 5), "the cat", o), TypeError,
+         "tokens must be a list of str"),
+        (lambda o: plot_heads([random_maps(2, 5, 5)], TOKENS, o), TypeError,
+         r"maps must be a torch.Tensor \(H, T, T\), got list"),
+        (lambda o: plot_overview([], TOKENS, o), ValueError, "maps is empty"),
+        (lambda o: plot_overview(random_maps(2, 5, 5), TOKENS, o), TypeError,
+         "maps must be a list of"),
+        (lambda o: plot_overview([random_maps(2, 5, 5), random_maps(3, 5, 5)], TOKENS, o),
+         ValueError, r"maps\[0\] is \(2, 5, 5\), maps\[1\] is \(3, 5, 5\)"),
+        (lambda o: attention_rollout([]), ValueError, "maps is empty"),
+        (lambda o: plot_image_attention(torch.rand(1, 4, 4), class_token_on(0, 2, 4), 2, o,
+                                        layer=2), ValueError,
+         r"layer must be an int in \[-2, 1\] \(2 layers\), got 2"),
+        (lambda o: plot_image_attention(torch.rand(2, 4, 4), class_token_on(0, 2, 4), 2, o),
+         ValueError, r"C = 1 \(gray\) or 3 \(RGB\), got shape \(2, 4, 4\)"),
+        (lambda o: plot_image_attention(torch.rand(4, 4), class_token_on(0, 2, 4), 2, o),
+         ValueError, r"got shape \(4, 4\)"),
+        (lambda o: plot_image_attention(torch.rand(1, 4, 4) * 255, class_token_on(0, 2, 4), 2,
+                                        o), ValueError, r"values must lie in \[0, 1\]"),
+        (lambda o: plot_image_attention(torch.rand(1, 4, 6), class_token_on(0, 2, 6), 4, o),
+         ValueError, "divisible by patch_size 4, got 4 x 6"),
+        (lambda o: plot_image_attention(torch.rand(1, 4, 4), class_token_on(0, 2, 16), 2, o),
+         ValueError, r"2 x 2 = 4 patches, so maps must be \(H, 5, 5\).*got T = 17"),
+        (lambda o: plot_image_attention(torch.rand(1, 4, 4), class_token_on(0, 2, 4), 0, o),
+         ValueError, "patch_size must be a positive int, got 0"),
+    ],
+)  # fmt: skip
+def test_bad_inputs_raise_clear_errors_and_write_nothing(tmp_path, call, error, message):
+    with pytest.raises(error, match=message):
+        call(tmp_path / "x.png")
+    assert list(tmp_path.iterdir()) == []
+    assert plt.get_fignums() == []

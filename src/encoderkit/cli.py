@@ -61,6 +61,36 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", help="texts, ListOps expressions or image files")
     predict.add_argument("--checkpoint", choices=["best", "latest"], default="best")
 
+    attention = commands.add_parser(
+        "attention", help="draw what each attention head looks at, as PNG or interactive HTML"
+    )
+    attention.add_argument("text", nargs="?", help="the sentence (or ListOps expression)")
+    attention.add_argument(
+        "--model",
+        default="all-MiniLM-L6-v2",
+        help="all-MiniLM-L6-v2 or a sentence-transformers directory",
+    )
+    attention.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="RUN",
+        help="a training run instead of --model (text, listops or digits)",
+    )
+    attention.add_argument("--image", type=Path, help="an image file, with a digits --checkpoint")
+    attention.add_argument(
+        "--example", type=int, metavar="N", help="test image number N of a digits --checkpoint run"
+    )
+    attention.add_argument("--layer", default="all", help="a layer index, or 'all' (default)")
+    attention.add_argument("--out", type=Path, default=Path("attention.png"))
+    attention.add_argument("--html", type=Path, help="also write an interactive HTML viewer")
+
+    heads = commands.add_parser(
+        "heads", help="what every head attends to over built-in sentences (Clark et al. 2019)"
+    )
+    heads.add_argument("--model", default="all-MiniLM-L6-v2")
+    heads.add_argument("--checkpoint", type=Path, metavar="RUN")
+    heads.add_argument("--out", type=Path, default=Path("heads.png"))
+
     plot = commands.add_parser("plot", help="draw a run's loss and accuracy curves as PNG")
     plot.add_argument("run", type=Path)
     plot.add_argument("--out", type=Path, help="the PNG to write (default RUN/curves.png)")
@@ -114,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         run_eval(args)
     elif args.command == "predict":
         run_predict(args)
+    elif args.command == "attention":
+        run_attention(args)
+    elif args.command == "heads":
+        run_heads(args)
     elif args.command == "plot":
         from encoderkit.viz import plot_run
 
@@ -263,3 +297,62 @@ def format_similarity(texts: list[str], matrix: list[list[float]]) -> str:
 def _label(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def run_attention(args: argparse.Namespace) -> None:
+    from encoderkit import views, viz
+    from encoderkit.checkpoint import CheckpointError
+    from encoderkit.pretrained import PretrainedError
+    from encoderkit.viewer import write_attention_html
+
+    try:
+        if args.image is not None or args.example is not None:
+            if args.checkpoint is None:
+                raise ValueError("--image and --example need --checkpoint RUN, a digits run")
+            pixels, maps, patch = views.image_attention(args.checkpoint, args.image, args.example)
+            layer = views.pick_layer(args.layer, len(maps))
+            out = viz.plot_image_attention(
+                pixels, maps, patch, args.out, layer=-1 if layer is None else layer
+            )
+            print(f"wrote {out}: class-token attention of each head, and the rollout")
+            return
+        if args.text is None:
+            raise ValueError("give a text to look at (or --image FILE --checkpoint RUN)")
+        model = views.load_text_model(args.model, args.checkpoint)
+        seen = views.text_attention(model, args.text)
+        layer = views.pick_layer(args.layer, len(seen.maps))
+    except (ValueError, FileNotFoundError, CheckpointError, PretrainedError, ImportError) as e:
+        raise SystemExit(f"encoderkit attention: {e}") from e
+    if seen.truncated:
+        print(
+            f"note: the text is longer than {model.name} takes; only its first "
+            f"{len(seen.tokens)} tokens are shown"
+        )
+    if layer is None:
+        out = viz.plot_overview(seen.maps, seen.tokens, args.out)
+    else:
+        out = viz.plot_heads(
+            seen.maps[layer], seen.tokens, args.out, title=f"{model.name}, layer {layer}"
+        )
+    print(
+        f"wrote {out} ({len(seen.maps)} layers x {seen.maps[0].shape[0]} heads, "
+        f"{len(seen.tokens)} tokens)"
+    )
+    if args.html is not None:
+        page = write_attention_html(args.html, seen.tokens, seen.maps, title=model.name)
+        print(f"wrote {page}: pick a layer and a head, hover a token")
+
+
+def run_heads(args: argparse.Namespace) -> None:
+    from encoderkit import views
+    from encoderkit.checkpoint import CheckpointError
+    from encoderkit.heads import SENTENCES, format_table, pattern_report, plot_head_map
+    from encoderkit.pretrained import PretrainedError
+
+    try:
+        model = views.load_text_model(args.model, args.checkpoint)
+        report = pattern_report([views.text_attention(model, sentence) for sentence in SENTENCES])
+    except (ValueError, FileNotFoundError, CheckpointError, PretrainedError, ImportError) as e:
+        raise SystemExit(f"encoderkit heads: {e}") from e
+    print(format_table(report))
+    print(f"wrote {plot_head_map(report, args.out)}")
