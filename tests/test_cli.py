@@ -177,8 +177,17 @@ def test_attention_and_heads_errors_and_truncation(tmp_path, capsys):
         main(["attention", "   "])
     with pytest.raises(SystemExit, match=r"--layer must lie in \[0, 5\] \(or 'all'\), got 6"):
         main(["attention", "hello", "--layer", "6"])
+    with pytest.raises(SystemExit, match=r"--head must lie in \[0, 11\], got 12"):
+        main(["attention", "hello", "--layer", "1", "--head", "12"])
+    with pytest.raises(SystemExit, match="--head needs --layer N"):
+        main(["attention", "hello", "--head", "1"])
     with pytest.raises(SystemExit, match="--image and --example need --checkpoint RUN"):
         main(["attention", "--example", "0"])
+    assert (
+        main(["attention", "hi", "--layer", "1", "--head", "3", "--out", str(tmp_path / "h.png")])
+        == 0
+    )
+    assert "layer" in capsys.readouterr().out
     long_text = " ".join(["word"] * 400)
     assert main(["attention", long_text, "--layer", "0", "--out", str(tmp_path / "t.png")]) == 0
     assert "only its first 256 tokens are shown" in capsys.readouterr().out
@@ -207,3 +216,7 @@ def test_attention_on_a_digits_run(tmp_path, capsys):
         main(["attention", "--checkpoint", str(run), "--example", "400"])
     with pytest.raises(SystemExit, match="is an image model; use --image"):
         main(["attention", "hello", "--checkpoint", str(run)])
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image")
+    with pytest.raises(SystemExit, match="cannot read .*broken.png as an image"):
+        main(["attention", "--checkpoint", str(run), "--image", str(broken)])

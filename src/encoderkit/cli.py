@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--example", type=int, metavar="N", help="test image number N of a digits --checkpoint run"
     )
     attention.add_argument("--layer", default="all", help="a layer index, or 'all' (default)")
+    attention.add_argument("--head", type=int, help="only this head of --layer")
     attention.add_argument("--out", type=Path, default=Path("attention.png"))
     attention.add_argument("--html", type=Path, help="also write an interactive HTML viewer")
 
@@ -321,6 +322,7 @@ def run_attention(args: argparse.Namespace) -> None:
         model = views.load_text_model(args.model, args.checkpoint)
         seen = views.text_attention(model, args.text)
         layer = views.pick_layer(args.layer, len(seen.maps))
+        heads = views.pick_heads(args.head, seen.maps[0].shape[0], layer)
     except (ValueError, FileNotFoundError, CheckpointError, PretrainedError, ImportError) as e:
         raise SystemExit(f"encoderkit attention: {e}") from e
     if seen.truncated:
@@ -331,9 +333,10 @@ def run_attention(args: argparse.Namespace) -> None:
     if layer is None:
         out = viz.plot_overview(seen.maps, seen.tokens, args.out)
     else:
-        out = viz.plot_heads(
-            seen.maps[layer], seen.tokens, args.out, title=f"{model.name}, layer {layer}"
+        title = f"{model.name}, layer {layer}" + (
+            "" if args.head is None else f", head {args.head}"
         )
+        out = viz.plot_heads(seen.maps[layer][heads], seen.tokens, args.out, title=title)
     print(
         f"wrote {out} ({len(seen.maps)} layers x {seen.maps[0].shape[0]} heads, "
         f"{len(seen.tokens)} tokens)"

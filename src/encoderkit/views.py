@@ -127,3 +127,14 @@ def pick_layer(layer: str, n_layers: int) -> int | None:
     if not -n_layers <= index < n_layers:
         raise ValueError(f"--layer must lie in [0, {n_layers - 1}] (or 'all'), got {index}")
     return index % n_layers
+
+
+def pick_heads(head: int | None, n_heads: int, layer: int | None) -> slice:
+    """The heads of one layer to draw: all of them, or ``head`` alone."""
+    if head is None:
+        return slice(None)
+    if layer is None:
+        raise ValueError("--head needs --layer N: one head of one layer")
+    if not 0 <= head < n_heads:
+        raise ValueError(f"--head must lie in [0, {n_heads - 1}], got {head}")
+    return slice(head, head + 1)
