@@ -26,6 +26,7 @@ class Pooler(nn.Module):
     def __init__(self, d_model: int) -> None:
         super().__init__()
         self.dense = nn.Linear(d_model, d_model)
+        init_weights(self.dense)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.dense(hidden[:, 0]))  # (B, T, D) -> (B, D)
@@ -52,8 +53,6 @@ class TextEncoder(nn.Module):
         self.encoder = Encoder(c)
         self.pooler = Pooler(c.d_model) if c.pooler else None
         self.embeddings.apply(_init_embeddings)
-        if self.pooler is not None:
-            init_weights(self.pooler.dense)
 
     def forward(
         self,
@@ -87,8 +86,6 @@ class VisionEncoder(nn.Module):
         )
         self.encoder = Encoder(c)
         self.pooler = Pooler(c.d_model) if c.pooler else None
-        if self.pooler is not None:
-            init_weights(self.pooler.dense)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.encoder(self.embeddings(pixels))  # (B, C, H, W) -> (B, 1 + N, D)
