@@ -218,7 +218,7 @@ def run_eval(args: argparse.Namespace) -> None:
         cfg, task = load_run_model(args.run, args.checkpoint)
     except (CheckpointError, ValueError) as e:
         raise SystemExit(f"encoderkit eval: {e}") from e
-    loss, accuracy = evaluate(task.model, task, task.test, cfg, torch.device("cpu"))
+    loss, accuracy = evaluate(task.model, task.test, cfg, torch.device("cpu"))
     print(
         json.dumps(
             {

@@ -355,7 +355,6 @@ def autocast(cfg: TrainConfig, ranks: Ranks) -> contextlib.AbstractContextManage
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    task: Task,
     tensors: tuple[torch.Tensor, ...],
     cfg: TrainConfig,
     device: torch.device,
@@ -382,7 +381,7 @@ def evaluate_and_track(
     logger: MetricsLog,
 ) -> bool:
     """Evaluate on the test split, log it, and track the best; True if this is a new best."""
-    loss, accuracy = evaluate(model, task, task.test, cfg, ranks.device)
+    loss, accuracy = evaluate(model, task.test, cfg, ranks.device)
     progress.accuracy = accuracy
     logger.write(
         {
