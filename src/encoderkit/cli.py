@@ -21,7 +21,9 @@ from encoderkit.tour import PRESETS, run_tour
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="encoderkit", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="encoderkit", description="The Transformer encoder: train, embed, look inside."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     tour = commands.add_parser(
         "tour", help="build an encoder, run a padded batch, check it against the math path"
