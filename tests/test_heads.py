@@ -230,6 +230,50 @@ def test_head_report_of_a_model_that_attends_uniformly_by_construction():
     assert report.dominant == [["broad"] * 4] * 3
 
 
+def positional_heads_model(beta: float = 40.0) -> TextEncoder:
+    """A 1-layer model whose head 0 attends to the previous token and head 1 to [CLS].
+
+    Token and segment embeddings are 0 and position t's embedding is a one-hot e_t, so after the
+    embedding LayerNorm x_t = c1 e_t - c2 (1, ..., 1). Head 0's W^Q shifts x_t by one place and
+    its W^K copies it, so q_t . k_j = beta c1^2 [j = t - 1] + (a term that is the same for
+    every j); head 1's query is the constant beta e_0, so q . k_j = beta c1 [j = 0] - beta c2.
+    With beta = 40 the softmax is one-hot to within e^-50.
+    """
+    config = TextConfig(d_model=32, n_heads=2, d_ff=8, n_layers=1, vocab_size=100,
+                        max_positions=16, dropout=0.0, attention_dropout=0.0)  # fmt: skip
+    model = TextEncoder(config).eval()
+    with torch.no_grad():
+        model.embeddings.tokens.weight.zero_()
+        model.embeddings.segments.weight.zero_()
+        model.embeddings.positions.weight.copy_(torch.eye(16, 32))
+        qkv = model.encoder.blocks[0].attn.qkv
+        qkv.weight.zero_()
+        qkv.bias.zero_()
+        for i in range(16):  # head 0 (dims 0-15): q_t[i] = beta x_t[i + 1], k_j[i] = x_j[i]
+            qkv.weight[i, i + 1] = beta
+            qkv.weight[32 + i, i] = 1.0
+            qkv.weight[48 + i, i] = 1.0  # head 1 (dims 16-31) keys: the same copy
+        qkv.bias[16] = beta  # head 1's query: beta e_0 for every position
+    return model
+
+
+def test_head_report_of_a_model_built_to_attend_to_the_previous_token_and_to_cls():
+    model, tokenizer = positional_heads_model(), WordTokenizer(100)
+    sentences = ["The cat sat on the mat.", "Where did you put the keys?", "Yes."]
+    report = head_report(model, tokenizer, sentences)
+    lengths = [len(tokenizer.encode(s).ids) for s in sentences]
+    queries = sum(lengths)
+    # Head 0: every query but the first sees only its predecessor; the first sees all keys
+    # alike (its shifted query is constant), giving 1/T to itself, to [CLS] (itself) and so on.
+    prev = sum(n - 1 for n in lengths) / queries
+    assert float(report.stats[0, 0, PATTERNS.index("previous")]) == pytest.approx(prev, abs=1e-6)
+    assert report.dominant[0][0] == "previous"
+    # Head 1: every query puts all its mass on position 0, the [CLS] token.
+    assert float(report.stats[0, 1, PATTERNS.index("[CLS]")]) == pytest.approx(1.0, abs=1e-6)
+    assert float(report.stats[0, 1, -1]) == pytest.approx(0.0, abs=1e-4)  # entropy
+    assert report.dominant[0][1] == "[CLS]"
+
+
 def test_head_report_rejects_bad_inputs():
     model, tokenizer = tiny_text_encoder(), WordTokenizer(100)
     with pytest.raises(TypeError, match="model must be a TextEncoder, got Linear"):
