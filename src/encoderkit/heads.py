@@ -24,11 +24,11 @@ from encoderkit.attention import record_attention
 from encoderkit.models import TextEncoder
 from encoderkit.viz import (
     MAX_FIGURE_INCHES,
-    _check_layer_maps,
-    _check_tokens,
-    _quantise,
-    _save_png,
-    _use_agg,
+    check_layer_maps,
+    check_tokens,
+    quantise,
+    save_png,
+    use_agg,
 )
 
 PATTERNS: tuple[str, ...] = ("previous", "next", "self", "[CLS]", "[SEP]", "punctuation")
@@ -121,8 +121,8 @@ def head_statistics(maps: list[torch.Tensor], tokens: list[str]) -> torch.Tensor
     and punctuation, so each of those two sums is at most 1. [CLS] / [SEP] are matched by their
     BERT WordPiece spelling; a tokenizer that spells them otherwise scores 0 there.
     """
-    _, _, T = _check_layer_maps(maps)
-    _check_tokens(tokens, T)
+    _, _, T = check_layer_maps(maps)
+    check_tokens(tokens, T)
     A = torch.stack([m.detach().cpu().to(torch.float64) for m in maps])  # (L, H, T, T)
     if not torch.isfinite(A).all() or (A < 0).any():
         raise ValueError("attention maps must be finite and non-negative")
@@ -330,12 +330,12 @@ def plot_head_map(report: HeadReport, out: str | Path) -> Path:
     left, top, bottom, legend_w = 0.6, 0.9, 0.2, 2.0
     max_w, max_h = MAX_FIGURE_INCHES
     cell = min(0.55, (max_w - left - legend_w) / H, (max_h - top - bottom) / L)
-    fig_w = _quantise(left + H * cell + legend_w)
-    fig_h = _quantise(top + max(L * cell + bottom, 1.9))  # the legend needs 1.9 inches
+    fig_w = quantise(left + H * cell + legend_w)
+    fig_h = quantise(top + max(L * cell + bottom, 1.9))  # the legend needs 1.9 inches
     index = torch.tensor([[names.index(n) for n in row] for row in report.dominant])  # (L, H)
     best = report.stats[..., : len(report.patterns)].amax(dim=-1)  # (L, H)
 
-    _use_agg()
+    use_agg()
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap, to_rgb
     from matplotlib.patches import Patch
@@ -392,7 +392,7 @@ def plot_head_map(report: HeadReport, out: str | Path) -> Path:
             y=1 - 0.08 / fig_h,
             va="top",
         )
-        return _save_png(fig, out)
+        return save_png(fig, out)
     finally:
         plt.close(fig)
 

@@ -75,7 +75,7 @@ def plot_heads(maps: torch.Tensor, tokens: list[str], out: str | Path, title: st
     ``DPI`` dots per inch.
     """
     H, T = _check_head_maps(maps, "maps")
-    _check_tokens(tokens, T)
+    check_tokens(tokens, T)
     ncols = min(H, 4)
     nrows = math.ceil(H / ncols)
     title_h, gap, colorbar_w = 0.3, 0.15, 0.9
@@ -92,10 +92,10 @@ def plot_heads(maps: torch.Tensor, tokens: list[str], out: str | Path, title: st
     labels = [_display(t) for t in tokens]
     margin = _label_margin(max(len(labels[i]) for i in ticks), fontsize)
     cell_w, cell_h = margin + panel + gap, title_h + panel + margin
-    fig_w = _quantise(ncols * cell_w + colorbar_w)
-    fig_h = _quantise(nrows * cell_h + top)
+    fig_w = quantise(ncols * cell_w + colorbar_w)
+    fig_h = quantise(nrows * cell_h + top)
 
-    _use_agg()
+    use_agg()
     import matplotlib.pyplot as plt
 
     fig = plt.figure(figsize=(fig_w, fig_h))
@@ -129,7 +129,7 @@ def plot_heads(maps: torch.Tensor, tokens: list[str], out: str | Path, title: st
         fig.colorbar(_unit_scale(), cax=bar, label="attention (query row → key column)")
         if title:
             fig.suptitle(_display(title, 200), y=1 - 0.1 / fig_h, va="top", fontsize=12)
-        return _save_png(fig, out)
+        return save_png(fig, out)
     finally:
         plt.close(fig)
 
@@ -141,15 +141,15 @@ def plot_overview(maps: list[torch.Tensor], tokens: list[str], out: str | Path) 
     [0, 1] colour scale. Cells are 1 inch, smaller when L or H is large enough to pass
     ``MAX_FIGURE_INCHES``.
     """
-    L, H, T = _check_layer_maps(maps)
-    _check_tokens(tokens, T)
+    L, H, T = check_layer_maps(maps)
+    check_tokens(tokens, T)
     left, top, bottom, gap, colorbar_w = 0.5, 0.85, 0.15, 0.06, 0.9
     max_w, max_h = MAX_FIGURE_INCHES
     cell = min(1.0, (max_w - left - colorbar_w) / H - gap, (max_h - top - bottom) / L - gap)
-    fig_w = _quantise(left + H * (cell + gap) + colorbar_w)
-    fig_h = _quantise(top + L * (cell + gap) + bottom)
+    fig_w = quantise(left + H * (cell + gap) + colorbar_w)
+    fig_h = quantise(top + L * (cell + gap) + bottom)
 
-    _use_agg()
+    use_agg()
     import matplotlib.pyplot as plt
 
     fig = plt.figure(figsize=(fig_w, fig_h))
@@ -185,7 +185,7 @@ def plot_overview(maps: list[torch.Tensor], tokens: list[str], out: str | Path) 
         fig.colorbar(_unit_scale(), cax=bar, label="attention")
         text = _display(" ".join(tokens), 120)
         fig.suptitle(f"{L} layers x {H} heads, {T} tokens: {text}", fontsize=9, y=1 - 0.1 / fig_h)
-        return _save_png(fig, out)
+        return save_png(fig, out)
     finally:
         plt.close(fig)
 
@@ -203,7 +203,7 @@ def attention_rollout(maps: list[torch.Tensor]) -> torch.Tensor:
     example's (H, T, T) map per layer, in the order the layers run. Computed in float64 and
     returned in the maps' dtype (at least float32).
     """
-    _, _, T = _check_layer_maps(maps)
+    _, _, T = check_layer_maps(maps)
     eye = torch.eye(T, dtype=torch.float64)
     rollout = eye
     for layer in maps:
@@ -233,7 +233,7 @@ def plot_image_attention(
     all (the rest goes to the class token).
     """
     image = _check_image(image)
-    _, n_heads, tokens = _check_layer_maps(maps)
+    _, n_heads, tokens = check_layer_maps(maps)
     if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size <= 0:
         raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
     C, height, width = image.shape
@@ -273,13 +273,13 @@ def plot_image_attention(
     panel_w = 2.5 * min(1.0, 1.6 * width / height)  # tall images: at most 4 inches high
     panel_h = panel_w * height / width
     title_h, gap = 0.35, 0.15
-    fig_w = _quantise(ncols * (panel_w + gap) + gap)
-    fig_h = _quantise(nrows * (panel_h + title_h + gap) + gap)
+    fig_w = quantise(ncols * (panel_w + gap) + gap)
+    fig_h = quantise(nrows * (panel_h + title_h + gap) + gap)
     picture = image.detach().cpu().float()
     shown = picture[0].numpy() if C == 1 else picture.permute(1, 2, 0).numpy()  # (h, w[, 3])
     gray = "gray" if C == 1 else None
 
-    _use_agg()
+    use_agg()
     import matplotlib.pyplot as plt
 
     fig = plt.figure(figsize=(fig_w, fig_h))
@@ -304,7 +304,7 @@ def plot_image_attention(
             ax.set_title(name, fontsize=8, pad=3)
             ax.set_xticks([])
             ax.set_yticks([])
-        return _save_png(fig, out)
+        return save_png(fig, out)
     finally:
         plt.close(fig)
 
@@ -312,7 +312,7 @@ def plot_image_attention(
 _MAX_LABEL_CHARS = 16  # longer tokens are cut with "…" on the axes
 
 
-def _use_agg() -> None:
+def use_agg() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -326,11 +326,11 @@ def _unit_scale() -> ScalarMappable:
     return ScalarMappable(Normalize(0.0, 1.0), _COLORMAP)
 
 
-def _save_png(fig: Figure, out: str | Path) -> Path:
+def save_png(fig: Figure, out: str | Path) -> Path:
     return atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
 
 
-def _quantise(inches: float) -> float:
+def quantise(inches: float) -> float:
     """Round a figure side up to a quarter inch: exact in binary, so pixels = inches * DPI."""
     return math.ceil(inches * 4 - 1e-9) / 4
 
@@ -370,7 +370,7 @@ def _check_head_maps(maps: object, name: str) -> tuple[int, int]:
     return H, T
 
 
-def _check_layer_maps(maps: object) -> tuple[int, int, int]:
+def check_layer_maps(maps: object) -> tuple[int, int, int]:
     """One example's maps of every layer: a non-empty list of (H, T, T). Returns (L, H, T)."""
     if not isinstance(maps, (list, tuple)):
         raise TypeError(
@@ -388,7 +388,7 @@ def _check_layer_maps(maps: object) -> tuple[int, int, int]:
     return len(maps), H, T
 
 
-def _check_tokens(tokens: object, T: int) -> None:
+def check_tokens(tokens: object, T: int) -> None:
     if not isinstance(tokens, (list, tuple)) or not all(isinstance(t, str) for t in tokens):
         raise TypeError(f"tokens must be a list of str, got {type(tokens).__name__}")
     if len(tokens) != T:
