@@ -5,7 +5,10 @@ Post-norm (Vaswani et al. 2017, section 3.1; BERT) normalises after each residua
 untouched, which trains deep stacks without warm-up tricks but needs a final LayerNorm (see
 ``Encoder``).
 
-Shape legend: B batch, T tokens, D model width.
+The same forward runs on packed tokens (N, D) given a ``Packing`` (see :mod:`encoderkit.packing`):
+every step but attention works on each position alone.
+
+Shape legend: B batch, T tokens, N packed real tokens, D model width.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoderkit.attention import Backend, MultiHeadSelfAttention
-from encoderkit.checks import check_hidden_states, check_probability
+from encoderkit.checks import check_hidden_states, check_packed_tokens, check_probability
 from encoderkit.feedforward import Activation, FeedForward
+from encoderkit.packing import Packing
 
 
 class EncoderBlock(nn.Module):
@@ -32,7 +36,10 @@ class EncoderBlock(nn.Module):
         attention_dropout: float = 0.1,
         bias: bool = True,
         attention_backend: Backend = "auto",
+        ff_dropout: float = 0.0,
     ) -> None:
+        """``ff_dropout`` drops the feed-forward's hidden activations: 0 in the paper and BERT,
+        ``dropout`` in ``nn.TransformerEncoderLayer``."""
         super().__init__()
         check_probability("dropout", dropout)
         self.d_model = d_model
@@ -40,7 +47,7 @@ class EncoderBlock(nn.Module):
         self.attn = MultiHeadSelfAttention(
             d_model, n_heads, attention_dropout, bias=bias, backend=attention_backend
         )
-        self.ff = FeedForward(d_model, d_ff, activation, dropout, bias=bias)
+        self.ff = FeedForward(d_model, d_ff, activation, ff_dropout, bias=bias)
         self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
         self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
         self.drop = nn.Dropout(dropout)
@@ -50,14 +57,23 @@ class EncoderBlock(nn.Module):
         x: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
+        packing: Packing | None = None,
     ) -> torch.Tensor:
-        """x (B, T, D) -> (B, T, D); masks as in :mod:`encoderkit.masks`."""
-        check_hidden_states(x, self.d_model)
+        """x (B, T, D) -> (B, T, D), masks as in :mod:`encoderkit.masks`; or packed tokens
+        x (N, D) -> (N, D) given ``packing``."""
+        if packing is None:
+            check_hidden_states(x, self.d_model)
+        else:
+            check_packed_tokens(x, self.d_model, packing.num_tokens)
+
+        def attn(h: torch.Tensor) -> torch.Tensor:
+            return self.attn(h, attention_mask, attn_mask, packing)
+
         if self.norm_first:
-            x = x + self.drop(self.attn(self.norm1(x), attention_mask, attn_mask))
+            x = x + self.drop(attn(self.norm1(x)))
             x = x + self.drop(self.ff(self.norm2(x)))
         else:
-            x = self.norm1(x + self.drop(self.attn(x, attention_mask, attn_mask)))
+            x = self.norm1(x + self.drop(attn(x)))
             x = self.norm2(x + self.drop(self.ff(x)))
         return x
 
@@ -84,6 +100,7 @@ class EncoderBlock(nn.Module):
             layer_norm_eps=layer.norm1.eps,
             attention_dropout=sa.dropout,
             bias=sa.in_proj_bias is not None,
+            ff_dropout=layer.dropout.p,  # torch drops the hidden activations too
         ).to(device=sa.in_proj_weight.device, dtype=sa.in_proj_weight.dtype)
         ours = {
             "attn.qkv.weight": sa.in_proj_weight,  # torch packs [W_q; W_k; W_v] in our order

@@ -57,3 +57,13 @@ def check_hidden_states(x: object, d_model: int, name: str = "x") -> torch.Tenso
             f"{name} must be 3-D (B, T, D), got {x.dim()}-D with shape {tuple(x.shape)}"
         )
     return check_features(x, d_model, name)
+
+
+def check_packed_tokens(x: object, d_model: int, num_tokens: int, name: str = "x") -> torch.Tensor:
+    """Packed tokens must be a floating (N, d_model) tensor with N = ``num_tokens``."""
+    if isinstance(x, torch.Tensor) and (x.dim() != 2 or x.shape[0] != num_tokens):
+        raise ValueError(
+            f"{name} must be packed tokens (N, D) = ({num_tokens}, {d_model}), "
+            f"got shape {tuple(x.shape)}"
+        )
+    return check_features(x, d_model, name)

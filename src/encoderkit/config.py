@@ -17,6 +17,11 @@ class EncoderConfig:
 
     ``layer_norm_eps`` matters for importing weights: BERT and HF ViT use 1e-12, timm / JAX ViT
     1e-6, PyTorch 1e-5. ``bias`` applies to every Linear and LayerNorm, as in ``torch.nn``.
+
+    ``dropout`` applies to each sublayer's output before the residual sum (the paper, section
+    5.4); ``ff_dropout`` to the feed-forward's hidden activations, which the paper, BERT and HF
+    ViT leave alone (0) and ``nn.TransformerEncoderLayer`` and timm drop at ``dropout``.
+    ``padding_free`` runs padded batches on their packed real tokens (see ``Encoder``).
     """
 
     d_model: int
@@ -25,11 +30,13 @@ class EncoderConfig:
     n_layers: int
     dropout: float = 0.1
     attention_dropout: float = 0.1
+    ff_dropout: float = 0.0
     activation: Activation = "gelu"
     norm_first: bool = False
     layer_norm_eps: float = 1e-5
     bias: bool = True
     attention_backend: Backend = "auto"
+    padding_free: bool = True
 
     def __post_init__(self) -> None:
         check_heads(self.d_model, self.n_heads)
@@ -37,9 +44,10 @@ class EncoderConfig:
         check_positive_int("n_layers", self.n_layers)
         check_probability("dropout", self.dropout)
         check_probability("attention_dropout", self.attention_dropout)
+        check_probability("ff_dropout", self.ff_dropout)
         check_choice("activation", self.activation, ACTIVATIONS)
         check_choice("attention_backend", self.attention_backend, BACKENDS)
-        for name in ("norm_first", "bias"):
+        for name in ("norm_first", "bias", "padding_free"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         eps = self.layer_norm_eps

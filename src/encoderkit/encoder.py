@@ -2,11 +2,14 @@
 when the blocks are pre-norm (ViT; ``nn.TransformerEncoder(norm=...)``), since pre-norm blocks
 leave the residual stream unnormalised.
 
-Padded positions: a padded query still attends to the real keys, so its hidden state is finite
-but carries no meaning; the encoder returns exactly 0 there, as torch's nested-tensor fast path
+Padded batches run padding-free (``config.padding_free``, on by default): the real tokens are
+packed once into (N, D), every block runs on them, and the output is unpacked once, so padding
+costs no matmul (see :mod:`encoderkit.packing`). With an ``attn_mask`` pattern, or with
+``padding_free=False``, the blocks run on the padded batch under a key-padding mask instead.
+Either way the encoder returns exactly 0 at padded positions, as torch's nested-tensor fast path
 does, so results never depend on what the padding holds.
 
-Shape legend: B batch, T tokens, D model width, H heads.
+Shape legend: B batch, T tokens, N real tokens, D model width, H heads.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from encoderkit.block import EncoderBlock, torch_activation_name
 from encoderkit.checks import check_hidden_states
 from encoderkit.config import EncoderConfig
 from encoderkit.masks import make_attention_mask, padding_mask_bool
+from encoderkit.packing import Packing
 
 
 class Encoder(nn.Module):
@@ -41,6 +45,7 @@ class Encoder(nn.Module):
                 attention_dropout=c.attention_dropout,
                 bias=c.bias,
                 attention_backend=c.attention_backend,
+                ff_dropout=c.ff_dropout,
             )
             for _ in range(c.n_layers)
         )
@@ -60,6 +65,14 @@ class Encoder(nn.Module):
         """x (B, T, D) -> (B, T, D); ``attention_mask`` (B, T) True/1 = real token."""
         B, T, _ = check_hidden_states(x, self.config.d_model).shape
         real = None if attention_mask is None else padding_mask_bool(attention_mask, B, T)
+        if real is not None and bool(real.all()):
+            real = None  # nothing is padded: no mask at all
+        if real is not None and attn_mask is None and self.config.padding_free:
+            packing = Packing.from_mask(real)
+            h = packing.pack(x)  # (B, T, D) -> (N, D): the real tokens only
+            for block in self.blocks:
+                h = block(h, packing=packing)
+            return packing.unpack(self.norm(h))  # (N, D) -> (B, T, D), 0 at padded positions
         # Merged once here; every block receives the same 4-D mask.
         mask = make_attention_mask(
             real,
@@ -98,6 +111,7 @@ class Encoder(nn.Module):
             n_layers=len(blocks),
             dropout=first.dropout.p,
             attention_dropout=sa.dropout,
+            ff_dropout=first.dropout.p,
             activation=torch_activation_name(first.activation),
             norm_first=first.norm_first,
             layer_norm_eps=first.norm1.eps,
