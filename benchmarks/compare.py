@@ -20,12 +20,16 @@ passed, so each library runs its no-padding path. Inference is fp32, eval mode, 
 real tokens' hidden states to a fixed target, and an AdamW step, in train mode (dropout 0.1, as
 BERT; ``--dropout`` changes it).
 
+encoderkit runs padded batches padding-free (its default, ``EncoderConfig.padding_free``): the
+real tokens are packed once and every matmul runs on them only. ``nn.TransformerEncoder``'s fast
+path does the same with nested tensors, in inference only; Hugging Face computes on the padding.
+
 Before any timing, each peer's output on the real tokens (and for training a weight gradient,
 with dropout off) must agree with encoderkit's to 1e-4, or the run stops: the rows time the same
-function. That checked run is also the warm-up. With dropout on, one difference remains that no
-check sees: encoderkit's feed-forward drops out its hidden activations (as
-``nn.TransformerEncoderLayer`` does) and BERT's does not, so encoderkit's text-model training step
-draws one more dropout mask per layer; ``--dropout 0`` times exactly the same function.
+function. That checked run is also the warm-up. With dropout on they draw the same dropout masks
+in kind (encoderkit's ``ff_dropout`` follows each peer: 0 like BERT's feed-forward, ``dropout``
+like ``nn.TransformerEncoderLayer``'s), though not the same random numbers. Every contender steps
+the same optimizer, ``torch.optim.AdamW(fused=True)`` (the default of Hugging Face's Trainer).
 
 FLOPs count real tokens only (perf-anchors section 1): per layer forward, 8 d^2 + 4 d f per token
 and 4 d s^2 per sequence of s tokens, times 3 for a training step. MFU divides by an fp32 matmul
@@ -506,7 +510,8 @@ def _time_group(
     else:
         target = make_target(batch, shape.d_model)
         optimizers = {
-            c.name: torch.optim.AdamW(c.model.parameters(), lr=1e-5) for c in group.contenders
+            c.name: torch.optim.AdamW(c.model.parameters(), lr=1e-5, fused=True)
+            for c in group.contenders
         }
         out_diffs, grad_diffs = check_training(group, batch, inputs, target, optimizers)
         for c in group.contenders:

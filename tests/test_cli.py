@@ -220,3 +220,26 @@ def test_attention_on_a_digits_run(tmp_path, capsys):
     broken.write_text("not an image")
     with pytest.raises(SystemExit, match="cannot read .*broken.png as an image"):
         main(["attention", "--checkpoint", str(run), "--image", str(broken)])
+
+
+def test_bench_passes_its_flags_to_the_benchmark_suite(monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--help"])  # finds benchmarks/ in this checkout
+    assert exit_info.value.code == 0
+    assert "python -m benchmarks.compare" in capsys.readouterr().out
+    from benchmarks import compare
+
+    seen = []
+    monkeypatch.setattr(compare, "main", lambda argv: seen.append(argv) or 0)
+    assert main(["bench", "--quick", "--markdown", "t.md"]) == 0
+    assert seen == [["--quick", "--markdown", "t.md"]]
+
+
+def test_bench_without_a_source_checkout_says_where_the_suite_lives(monkeypatch, tmp_path):
+    import encoderkit.cli
+
+    monkeypatch.setattr(encoderkit.cli, "__file__", str(tmp_path / "a" / "b" / "cli.py"))
+    with pytest.raises(
+        SystemExit, match=r"expected the benchmark suite at .*benchmarks.*pip install -e"
+    ):
+        main(["bench"])

@@ -120,6 +120,7 @@ def test_real_minilm_matches_transformers():
     theirs = transformers.BertModel.from_pretrained(path).eval()
     c = ours.config
     assert (c.d_model, c.n_heads, c.d_ff, c.n_layers, c.layer_norm_eps) == (384, 12, 1536, 6, 1e-12)
+    assert c.ff_dropout == 0.0 and c.padding_free  # BERT's FFN has no inner dropout; runs unpadded
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(1000, 30000, (4, 40), generator=g)
     mask = padding_mask([40, 31, 9, 1], 40)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import sys
 import typing
@@ -97,7 +98,29 @@ def build_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="draw a run's loss and accuracy curves as PNG")
     plot.add_argument("run", type=Path)
     plot.add_argument("--out", type=Path, help="the PNG to write (default RUN/curves.png)")
+
+    commands.add_parser(
+        "bench",
+        help="race the peers (python -m benchmarks.compare; flags: encoderkit bench --help)",
+        add_help=False,
+    )
     return parser
+
+
+def run_bench(argv: list[str]) -> int:
+    """``encoderkit bench ARGS`` is ``python -m benchmarks.compare ARGS`` in the source checkout
+    this package was installed from (``pip install -e .``, as ``make`` does)."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "benchmarks" / "compare.py").is_file():
+        raise SystemExit(
+            f"encoderkit bench: expected the benchmark suite at {root / 'benchmarks'}, found "
+            f"none; it lives in the source repository, so install from a clone with "
+            f"`pip install -e .` (or `make test`) and run it there"
+        )
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    compare = importlib.import_module("benchmarks.compare")  # outside the package: no type check
+    return int(compare.main(argv))
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -134,6 +157,9 @@ def _optional(kind: type) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its flags belong to benchmarks.compare
+        return run_bench(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "tour":
         if args.batch < 1 or args.seq_len < 1:
