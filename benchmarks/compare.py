@@ -437,6 +437,7 @@ class Report:
     dropout: float
     rows: list[Row]
     seconds: float
+    compiled: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -445,6 +446,7 @@ class Report:
             "ceiling_n": self.ceiling_n,
             "dropout": self.dropout,
             "seconds": self.seconds,
+            "compiled": self.compiled,
             "rows": [r.as_dict() for r in self.rows],
         }
 
@@ -459,12 +461,16 @@ def run(
     ceiling_n: int = 2048,
     dropout: float = DROPOUT,
     log: Callable[[str], None] = lambda _: None,
+    compile: bool = False,
 ) -> Report:
     """Check, then time every contender of every shape, mode and batch in ``plan``.
 
     The check's run is the first warm-up; ``warmup`` adds rounds. Rows come in table order:
-    shape, mode, batch, then the encoder and text-model groups.
+    shape, mode, batch, then the encoder and text-model groups. ``compile`` compiles
+    encoderkit's position-wise sublayers (``Encoder.compile_position_wise``) and adds a warm-up
+    round, so compiling (train and eval graphs) happens before the timed runs.
     """
+    warmup += compile
     start = time.perf_counter()
     batches = make_batches() if batches is None else batches
     ceiling = matmul_ceiling(ceiling_n)
@@ -479,6 +485,11 @@ def run(
                 encoder_group(shape, dropout=dropout),
                 text_group(shape, Path(tmp), dropout=dropout),
             ]
+        if compile:
+            for group in groups:
+                ours = group.contenders[0].model
+                encoder = ours if isinstance(ours, Encoder) else ours.encoder
+                encoder.compile_position_wise()
         # Every training row starts from these weights (copies take seconds at BERT-base).
         training = "train" in repeats
         fresh = [[_copy_state(c.model) for c in g.contenders] if training else [] for g in groups]
@@ -494,7 +505,7 @@ def run(
                             c.model.load_state_dict(state)
                     rows += _time_group(shape, group, batch, mode, warmup, repeats[mode], ceiling)
     seconds = time.perf_counter() - start
-    return Report(machine_info(), ceiling, ceiling_n, dropout, rows, seconds)
+    return Report(machine_info(), ceiling, ceiling_n, dropout, rows, seconds, compile)
 
 
 def _time_group(
@@ -584,7 +595,8 @@ def header(report: Report) -> str:
         f"({m['threads']} threads), transformers {m['transformers']}, Python {m['python']}, "
         f"{m['date']}. fp32 matmul ceiling ({report.ceiling_n}^3, best of 10) "
         f"{report.ceiling_flops_per_s / 1e9:.1f} GFLOP/s. Training dropout {report.dropout:g}. "
-        f"Run took {report.seconds:.0f} s."
+        + ("encoderkit compiled (`--compile`). " if report.compiled else "")
+        + f"Run took {report.seconds:.0f} s."
     )
 
 
@@ -689,6 +701,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every row as JSON")
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile encoderkit's feed-forward and LayerNorms (needs a C++ compiler on CPU)",
+    )
+    parser.add_argument(
         "--markdown", type=Path, metavar="FILE", help="write the machine line and the table"
     )
     return parser.parse_args(argv)
@@ -727,7 +744,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ignore", message="The PyTorch API of nested tensors is in prototype stage"
     )
     report = run(
-        plan, dropout=args.dropout, log=lambda line: print(line, file=sys.stderr, flush=True)
+        plan,
+        dropout=args.dropout,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+        compile=args.compile,
     )
     text = header(report) + "\n\n" + markdown_table(report.rows) + "\n"
     print("\n" + text)

@@ -89,6 +89,22 @@ class Encoder(nn.Module):
             x = x.masked_fill(~real[..., None], 0.0)  # (B, T) -> (B, T, 1): padded outputs are 0
         return x
 
+    def compile_position_wise(self, **options: object) -> Encoder:
+        """``torch.compile`` each block's feed-forward and LayerNorms, in place; returns self.
+
+        Those are the sublayers whose elementwise work (bias, activation, normalisation) a
+        compiler can fuse. They are compiled with dynamic shapes, so packed batches of any size
+        reuse one graph. Attention stays eager: its per-sequence kernel would recompile for every
+        new set of lengths. ``options`` go to ``torch.compile`` (e.g. ``mode="max-autotune"``).
+        The first forward compiles (seconds; on the CPU it needs a C++ compiler).
+        """
+        options = {"dynamic": True, **options}
+        for block in self.blocks.children():
+            if isinstance(block, EncoderBlock):
+                for sublayer in (block.ff, block.norm1, block.norm2):
+                    sublayer.compile(**options)
+        return self
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

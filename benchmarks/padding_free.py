@@ -1,0 +1,201 @@
+"""Where padding-free execution pays, and which attention kernel to run on packed tokens.
+
+    python -m benchmarks.padding_free              # about 2 minutes on 2 CPU cores
+    python -m benchmarks.padding_free --markdown table.md
+
+Two tables, both on one MiniLM-shaped ``Encoder`` (6 layers, d 384, 12 heads, ff 1536), fp32:
+
+* padded vs padding-free, the same weights, over batches from nearly full to half empty: the
+  benchmark's 16 x 128 batches with real lengths uniform in [lo, 128] for several lo, one with a
+  single padded token, and many short sequences (64 x 32, lengths in [4, 32]), which is where a
+  per-sequence kernel pays the most calls. Inference under ``inference_mode`` and a training step
+  (forward, backward of the summed output, no optimizer), dropout off so both compute the same.
+* the attention kernels of ``varlen_attention`` on the benchmark's variable-length batch, forward
+  and forward + backward: ``loop`` (one fused call per sequence), ``repad`` (pad to the longest,
+  one masked call), and nested tensors (``torch.nested`` jagged layout through
+  ``F.scaled_dot_product_attention``), which is how the choice of ``loop`` on the CPU was made.
+
+Contenders alternate (A B, A B, ...) after a warm-up; medians of the repeats.
+
+Shape legend: B batch, T tokens, N real tokens, H heads, K head width, D model width.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.compare import Batch, machine_info, make_batches, time_round_robin
+from encoderkit import Encoder, EncoderConfig
+from encoderkit.attention import varlen_attention
+from encoderkit.files import atomic_write_text
+from encoderkit.packing import Packing
+
+CONFIG = dataclasses.replace(EncoderConfig.minilm_l6(), dropout=0.0, attention_dropout=0.0)
+
+
+def fill_batches(seed: int = 0) -> list[tuple[str, Batch]]:
+    """From nearly full to half empty, then many short sequences."""
+    g = torch.Generator().manual_seed(seed)
+    named = []
+    for lo in (8, 32, 96):
+        lengths = torch.randint(lo, 129, (16,), generator=g).tolist()
+        named.append((f"16 x 128, lengths in [{lo}, 128]", Batch("varlen", tuple(lengths), 128)))
+    named.append(("16 x 128, one padded token", Batch("varlen", (127,) + (128,) * 15, 128)))
+    short = torch.randint(4, 33, (64,), generator=g).tolist()
+    named.append(("64 x 32, lengths in [4, 32]", Batch("varlen", tuple(short), 32)))
+    return named
+
+
+def padded_vs_packed(repeats: int) -> list[dict[str, object]]:
+    torch.manual_seed(0)
+    packed = Encoder(CONFIG)
+    padded = Encoder(dataclasses.replace(CONFIG, padding_free=False))
+    padded.load_state_dict(packed.state_dict())
+    models = {"padded": padded, "padding-free": packed}
+    rows = []
+    for name, batch in fill_batches():
+        x = torch.randn(len(batch.lengths), batch.seq_len, CONFIG.d_model)
+        mask = batch.real
+        for mode in ("infer", "train"):
+            calls = {k: _call(m, x, mask, mode) for k, m in models.items()}
+            times = time_round_robin(calls, warmup=1, repeats=repeats)
+            ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+            rows.append(
+                {
+                    "batch": name,
+                    "fill": batch.tokens / mask.numel(),
+                    "mode": mode,
+                    "padded_ms": ms["padded"],
+                    "padding_free_ms": ms["padding-free"],
+                    "speedup": ms["padded"] / ms["padding-free"],
+                }
+            )
+    return rows
+
+
+def _call(model: Encoder, x: torch.Tensor, mask: torch.Tensor, mode: str) -> Callable[[], object]:
+    if mode == "infer":
+        model.eval()
+
+        def infer() -> None:
+            with torch.inference_mode():
+                model(x, mask)
+
+        return infer
+    model.train()
+
+    def step() -> None:
+        model(x, mask).sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    return step
+
+
+def attention_kernels(repeats: int) -> list[dict[str, object]]:
+    batch = make_batches()[0]
+    packing = Packing.from_mask(batch.real)
+    H, K = CONFIG.n_heads, CONFIG.head_dim
+    g = torch.Generator().manual_seed(0)
+    qkv = [torch.randn(packing.num_tokens, H, K, generator=g) for _ in range(3)]  # 3 x (N, H, K)
+    kernels: dict[str, Callable[..., torch.Tensor]] = {
+        "loop": lambda q, k, v: varlen_attention(q, k, v, packing, kernel="loop"),
+        "repad": lambda q, k, v: varlen_attention(q, k, v, packing, kernel="repad"),
+        "nested (jagged)": lambda q, k, v: _nested_attention(q, k, v, packing),
+    }
+    expected = kernels["loop"](*qkv)
+    rows = []
+    for mode in ("forward", "forward + backward"):
+        calls = {}
+        for name, kernel in kernels.items():
+            diff = (kernel(*qkv) - expected).abs().max().item()
+            if not diff < 1e-5:
+                raise RuntimeError(f"attention kernel {name} differs from loop by {diff:.3g}")
+            calls[name] = _kernel_call(kernel, qkv, backward=mode != "forward")
+        times = time_round_robin(calls, warmup=1, repeats=repeats)
+        best = min(statistics.median(v) for v in times.values())
+        for name, ts in times.items():
+            ms = statistics.median(ts) * 1e3
+            rows.append({"mode": mode, "kernel": name, "ms": ms, "vs_best": ms / (best * 1e3)})
+    return rows
+
+
+def _nested_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing
+) -> torch.Tensor:
+    offsets = packing.cu_seqlens.long()
+
+    def nest(t: torch.Tensor) -> torch.Tensor:  # (N, H, K) -> (B, H, s_b, K), jagged in s_b
+        return torch.nested.nested_tensor_from_jagged(t, offsets=offsets).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(nest(q), nest(k), nest(v))
+    return out.transpose(1, 2).values()  # (B, s_b, H, K) -> (N, H, K)
+
+
+def _kernel_call(
+    kernel: Callable[..., torch.Tensor], qkv: Sequence[torch.Tensor], backward: bool
+) -> Callable[[], object]:
+    if not backward:
+
+        def forward() -> None:
+            with torch.no_grad():  # nested tensors refuse inference_mode
+                kernel(*qkv)
+
+        return forward
+    leaves = [t.clone().requires_grad_() for t in qkv]
+
+    def both() -> None:
+        kernel(*leaves).sum().backward()
+        for t in leaves:
+            t.grad = None
+
+    return both
+
+
+def markdown(fills: Sequence[dict[str, object]], kernels: Sequence[dict[str, object]]) -> str:
+    lines = [
+        "| batch | real tokens | mode | padded ms | padding-free ms | padding-free speed-up |",
+        "|---|--:|---|--:|--:|--:|",
+    ]
+    for r in fills:
+        lines.append(
+            f"| {r['batch']} | {r['fill']:.0%} | {r['mode']} | {r['padded_ms']:.0f} "
+            f"| {r['padding_free_ms']:.0f} | **{r['speedup']:.2f}x** |"
+        )
+    lines += [
+        "",
+        "| attention on packed tokens | kernel | median ms | vs fastest |",
+        "|---|---|--:|--:|",
+    ]
+    for r in kernels:
+        lines.append(f"| {r['mode']} | {r['kernel']} | {r['ms']:.1f} | {r['vs_best']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.padding_free",
+        description="padded vs padding-free encoder, and the attention kernels on packed tokens",
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per row (default 5)")
+    parser.add_argument("--markdown", metavar="FILE", help="also write the tables here")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*nested tensors.*prototype")
+    info = machine_info()
+    print(f"{info['cpu']}, {info['threads']} threads, torch {info['torch']}", file=sys.stderr)
+    text = markdown(padded_vs_packed(args.repeats), attention_kernels(args.repeats))
+    print(text)
+    if args.markdown:
+        atomic_write_text(args.markdown, text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
