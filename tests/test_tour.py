@@ -20,6 +20,7 @@ def test_tour_figures(preset):
     assert figures["max_abs_fused_vs_float64"] < 1e-5
     assert figures["max_abs_math_vs_float64"] < 1e-5
     assert figures["max_abs_alone_vs_batched"] < 1e-5
+    assert figures["max_abs_packed_vs_padded"] < 1e-5
     assert figures["max_abs_padded_outputs"] == 0.0
     assert figures["nan_count"] == 0.0
     assert figures["recording_changed_output"] == 0.0

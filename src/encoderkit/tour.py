@@ -62,6 +62,9 @@ def run_tour(
         math_model.load_state_dict(model.state_dict())
         out_math = math_model(x, attention_mask)
         out_f64 = copy.deepcopy(math_model).double()(x.double(), attention_mask)
+        padded_model = Encoder(dataclasses.replace(config, padding_free=False)).eval()
+        padded_model.load_state_dict(model.state_dict())
+        out_padded = padded_model(x, attention_mask)
         alone = model(x[:1, : lengths[0]])
     log(f"input  x {tuple(x.shape)}, attention_mask {tuple(attention_mask.shape)}")
     log(f"       real lengths {lengths}")
@@ -72,6 +75,7 @@ def run_tour(
         "max_abs_fused_vs_math": (out - out_math).abs().max().item(),
         "max_abs_fused_vs_float64": (out.double() - out_f64).abs().max().item(),
         "max_abs_math_vs_float64": (out_math.double() - out_f64).abs().max().item(),
+        "max_abs_packed_vs_padded": (out - out_padded).abs().max().item(),
         "max_abs_alone_vs_batched": (alone - out[:1, : lengths[0]]).abs().max().item(),
         "max_abs_padded_outputs": out.masked_select(~real).abs().max().item()
         if (~real).any()
@@ -84,6 +88,7 @@ def run_tour(
     log(f"fused vs math path:     max |diff| = {figures['max_abs_fused_vs_math']:.2e}")
     log(f"fused vs float64:       max |diff| = {figures['max_abs_fused_vs_float64']:.2e}")
     log(f"math  vs float64:       max |diff| = {figures['max_abs_math_vs_float64']:.2e}")
+    log(f"padding-free vs padded: max |diff| = {figures['max_abs_packed_vs_padded']:.2e}")
     log(f"alone vs in the batch:  max |diff| = {figures['max_abs_alone_vs_batched']:.2e}")
     log(
         f"padded outputs: max |value| = {figures['max_abs_padded_outputs']:.1f}, "
