@@ -638,7 +638,7 @@ def _diff(value: float | None) -> str:
 # Command line
 
 
-def _choices(allowed: Sequence[str]) -> Callable[[str], list[str]]:
+def comma_list(allowed: Sequence[str]) -> Callable[[str], list[str]]:
     def parse(text: str) -> list[str]:
         names = [n.strip() for n in text.split(",") if n.strip()]
         unknown = [n for n in names if n not in allowed]
@@ -651,7 +651,7 @@ def _choices(allowed: Sequence[str]) -> Callable[[str], list[str]]:
     return parse
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -661,7 +661,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _probability(text: str) -> float:
+def probability(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -687,18 +687,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="every shape in every mode, more repeats (about 10 minutes)",
     )
-    parser.add_argument("--shapes", type=_choices(tuple(SHAPES)), help=f"from {','.join(SHAPES)}")
-    parser.add_argument("--modes", type=_choices(MODES), help=f"from {','.join(MODES)}")
+    parser.add_argument("--shapes", type=comma_list(tuple(SHAPES)), help=f"from {','.join(SHAPES)}")
+    parser.add_argument("--modes", type=comma_list(MODES), help=f"from {','.join(MODES)}")
     parser.add_argument(
         "--repeats",
-        type=_positive_int,
+        type=positive_int,
         help="timed runs per row after the checked warm-up run (default: "
         + "; ".join(f"{s} {r}" for s, r in DEFAULT_PLAN.items())
         + f"; with --all: {REPEATS['bert-base']} for BERT-base; --quick: {QUICK_REPEATS})",
     )
     parser.add_argument(
         "--dropout",
-        type=_probability,
+        type=probability,
         default=DROPOUT,
         help=f"dropout of every model, seen by the training rows (default {DROPOUT})",
     )

@@ -95,11 +95,14 @@ from benchmarks.compare import (
     Contender,
     Group,
     Shape,
+    comma_list,
     encoder_group,
     forward_flops,
     loss_on_real,
     make_batches,
     make_target,
+    positive_int,
+    probability,
     text_group,
 )
 from encoderkit import Encoder, EncoderConfig, ImageClassifier, VisionConfig
@@ -1513,33 +1516,8 @@ def summary(sections: Sequence[Section], out: Path) -> str:
 
 
 def _sections(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SECTIONS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"expected a comma-separated list from {', '.join(SECTIONS)}, got {text!r}"
-        )
+    names = comma_list(SECTIONS)(text)
     return [n for n in SECTIONS if n in names]  # always in the documented order
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _dropout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
-    return value
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -1566,16 +1544,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"directory for {RESULTS}.json and {RESULTS}.md (default: $OUT, else "
         "benchmarks/gpu-results)",
     )
-    parser.add_argument("--repeats", type=_positive_int, help="timed runs per row, every section")
+    parser.add_argument("--repeats", type=positive_int, help="timed runs per row, every section")
     parser.add_argument(
         "--dropout",
-        type=_dropout,
+        type=probability,
         default=DROPOUT,
         help=f"dropout of the compared models, seen by the training rows (default {DROPOUT})",
     )
     parser.add_argument(
         "--budget",
-        type=_positive_int,
+        type=positive_int,
         default=420,
         help="seconds after which sections not yet started are skipped (default 420)",
     )
