@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test bench lint clean
 
 # Install once, again only when the dependency pins change.
 $(STAMP): pyproject.toml requirements-ci.txt
@@ -22,6 +22,11 @@ demo: $(STAMP)
 test: $(STAMP) lint
 	bash scripts/install-browser.sh  # Debian's chromium, for the HTML viewer's browser test
 	$(BIN)/python -m pytest -q
+
+# encoderkit against torch and Hugging Face on this machine (about 2 minutes on 2 CPU cores);
+# ARGS are passed on, e.g. make bench ARGS=--all
+bench: $(STAMP)
+	$(BIN)/encoderkit bench $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
