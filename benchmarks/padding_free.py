@@ -12,8 +12,10 @@ Two tables, both on one MiniLM-shaped ``Encoder`` (6 layers, d 384, 12 heads, ff
   (forward, backward of the summed output, no optimizer), dropout off so both compute the same.
 * the attention kernels of ``varlen_attention`` on the benchmark's variable-length batch, forward
   and forward + backward: ``loop`` (one fused call per sequence), ``repad`` (pad to the longest,
-  one masked call), and nested tensors (``torch.nested`` jagged layout through
-  ``F.scaled_dot_product_attention``), which is how the choice of ``loop`` on the CPU was made.
+  one masked call), and two that are not in the library: length groups (sequences sorted by
+  length, four per masked call, each padded to its group's longest) and nested tensors
+  (``torch.nested`` jagged layout through ``F.scaled_dot_product_attention``). This is how the
+  choice of ``loop`` on the CPU was made.
 
 Contenders alternate (A B, A B, ...) after a warm-up; medians of the repeats.
 
@@ -54,15 +56,15 @@ def fill_batches(seed: int = 0) -> list[tuple[str, Batch]]:
     return named
 
 
-def padded_vs_packed(repeats: int) -> list[dict[str, object]]:
+def padded_vs_packed(repeats: int, config: EncoderConfig = CONFIG) -> list[dict[str, object]]:
     torch.manual_seed(0)
-    packed = Encoder(CONFIG)
-    padded = Encoder(dataclasses.replace(CONFIG, padding_free=False))
+    packed = Encoder(config)
+    padded = Encoder(dataclasses.replace(config, padding_free=False))
     padded.load_state_dict(packed.state_dict())
     models = {"padded": padded, "padding-free": packed}
     rows = []
     for name, batch in fill_batches():
-        x = torch.randn(len(batch.lengths), batch.seq_len, CONFIG.d_model)
+        x = torch.randn(len(batch.lengths), batch.seq_len, config.d_model)
         mask = batch.real
         for mode in ("infer", "train"):
             calls = {k: _call(m, x, mask, mode) for k, m in models.items()}
@@ -99,15 +101,16 @@ def _call(model: Encoder, x: torch.Tensor, mask: torch.Tensor, mode: str) -> Cal
     return step
 
 
-def attention_kernels(repeats: int) -> list[dict[str, object]]:
+def attention_kernels(repeats: int, config: EncoderConfig = CONFIG) -> list[dict[str, object]]:
     batch = make_batches()[0]
     packing = Packing.from_mask(batch.real)
-    H, K = CONFIG.n_heads, CONFIG.head_dim
+    H, K = config.n_heads, config.head_dim
     g = torch.Generator().manual_seed(0)
     qkv = [torch.randn(packing.num_tokens, H, K, generator=g) for _ in range(3)]  # 3 x (N, H, K)
     kernels: dict[str, Callable[..., torch.Tensor]] = {
         "loop": lambda q, k, v: varlen_attention(q, k, v, packing, kernel="loop"),
         "repad": lambda q, k, v: varlen_attention(q, k, v, packing, kernel="repad"),
+        "length groups of 4": lambda q, k, v: _grouped_attention(q, k, v, packing, 4),
         "nested (jagged)": lambda q, k, v: _nested_attention(q, k, v, packing),
     }
     expected = kernels["loop"](*qkv)
@@ -125,6 +128,23 @@ def attention_kernels(repeats: int) -> list[dict[str, object]]:
             ms = statistics.median(ts) * 1e3
             rows.append({"mode": mode, "kernel": name, "ms": ms, "vs_best": ms / (best * 1e3)})
     return rows
+
+
+def _grouped_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing, size: int
+) -> torch.Tensor:
+    """Sequences sorted by length, ``size`` at a time through the repad kernel."""
+    order = sorted(range(packing.batch_size), key=lambda b: packing.lengths[b])
+    cu = packing.cu_seqlens.tolist()
+    out = torch.empty_like(q)
+    for start in range(0, len(order), size):
+        group = order[start : start + size]
+        rows = torch.cat([torch.arange(cu[b], cu[b + 1]) for b in group])  # packed rows, (n,)
+        lengths = torch.tensor([packing.lengths[b] for b in group])
+        sub = Packing.from_mask(torch.arange(int(lengths.max()))[None, :] < lengths[:, None])
+        part = varlen_attention(q[rows], k[rows], v[rows], sub, kernel="repad")  # (n, H, K)
+        out = out.index_copy(0, rows, part)
+    return out
 
 
 def _nested_attention(
