@@ -171,7 +171,7 @@ def _repadded_attention(
     backend: Backend,
 ) -> torch.Tensor:
     """Pad every sequence to the longest (M tokens), attend once with a key mask, repack."""
-    lengths = torch.tensor(packing.lengths, device=q.device)
+    lengths = packing.cu_seqlens.diff()  # (B,), on q's device already
     real = torch.arange(packing.max_len, device=q.device) < lengths[:, None]  # (B, M)
     index = real.flatten().nonzero().squeeze(1)  # (N,) rows of the (B * M) padded layout
 
