@@ -239,9 +239,11 @@ def text_group(shape: Shape, directory: Path, seed: int = 0, dropout: float = DR
     save_pretrained(ours, directory)
     contenders = [Contender(OURS, ours, ours, ours.embeddings.tokens.weight)]
     for impl in ("sdpa", "eager"):
-        hf = BertModel.from_pretrained(
-            directory, attn_implementation=impl, add_pooling_layer=False, dtype=torch.float32
-        )
+        # The weights are saved in float32, so they load as float32 under any transformers
+        # default; no dtype argument, whose name changed in 4.56 (torch_dtype -> dtype).
+        hf = BertModel.from_pretrained(directory, attn_implementation=impl, add_pooling_layer=False)
+        if hf.dtype != torch.float32:
+            raise MismatchError(f"HF BertModel {impl} loaded as {hf.dtype}, expected torch.float32")
         contenders.append(
             Contender(
                 f"HF BertModel {impl}", hf, _hf_forward(hf), hf.embeddings.word_embeddings.weight
