@@ -75,6 +75,18 @@ def scaled_dot_product_attention(
     check_choice("backend", backend, BACKENDS)
     check_probability("dropout_p", dropout_p)
     _check_qkv(q, k, v)
+    return _attend(q, k, v, mask, dropout_p, backend)
+
+
+def _attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    dropout_p: float,
+    backend: Backend,
+) -> torch.Tensor:
+    """:func:`scaled_dot_product_attention` on arguments already checked (its callers here)."""
     if backend == "math":
         probs = attention_weights(q, k, mask)
         if dropout_p > 0.0:
@@ -157,7 +169,7 @@ def _per_sequence_attention(
         if q_s.shape[0] == 0:
             continue  # an empty sequence has no queries
         q_s, k_s, v_s = (t.transpose(0, 1)[None] for t in (q_s, k_s, v_s))  # -> (1, H, s, K)
-        out = scaled_dot_product_attention(q_s, k_s, v_s, dropout_p=dropout_p, backend=backend)
+        out = _attend(q_s, k_s, v_s, None, dropout_p, backend)  # checked once, not per sequence
         outs.append(out[0].transpose(0, 1))  # (1, H, s, K) -> (s, H, K)
     return torch.cat(outs) if outs else torch.zeros_like(q)
 
@@ -179,9 +191,8 @@ def _repadded_attention(
         rows = t.new_zeros(real.numel(), *t.shape[1:]).index_copy(0, index, t)  # (B * M, H, K)
         return rows.view(*real.shape, *t.shape[1:]).transpose(1, 2)
 
-    out = scaled_dot_product_attention(
-        pad(q), pad(k), pad(v), real[:, None, None, :], dropout_p, backend
-    )  # (B, H, M, K)
+    key_mask = real[:, None, None, :]  # (B, M) -> (B, 1, 1, M)
+    out = _attend(pad(q), pad(k), pad(v), key_mask, dropout_p, backend)  # (B, H, M, K)
     return out.transpose(1, 2).flatten(0, 1).index_select(0, index)  # -> (B * M, H, K) -> (N, H, K)
 
 
