@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -16,6 +18,7 @@ from encoderkit import (
     record_attention,
     scaled_dot_product_attention,
 )
+from encoderkit.packing import Packing
 
 B, H, T, K = 3, 4, 7, 8
 ATOL = 1e-5  # fp32 against float64, as torch's own SDPA tests
@@ -255,8 +258,9 @@ def test_mhsa_matches_head_by_head_reference(backend, with_pattern):
     mask = make_attention_mask(
         attention_mask, pattern, batch_size=3, seq_len=6, n_heads=4, dtype=torch.float64
     )
+    zeroed = x.masked_fill(~attention_mask[..., None], 0.0)  # padded positions are read as 0
     expected = reference_self_attention(
-        x, module.qkv.weight, module.qkv.bias, module.proj.weight, module.proj.bias, 4, mask
+        zeroed, module.qkv.weight, module.qkv.bias, module.proj.weight, module.proj.bias, 4, mask
     )
     torch.testing.assert_close(out.double(), expected, atol=ATOL, rtol=0)
 
@@ -278,7 +282,8 @@ def test_mhsa_matches_torch_multihead_attention():
         theirs.out_proj.bias.copy_(module.proj.bias)
     x = torch.randn(3, 6, 16)
     attention_mask = padding_mask([6, 4, 2], 6)
-    expected, _ = theirs(x, x, x, key_padding_mask=~attention_mask, need_weights=False)
+    zeroed = x.masked_fill(~attention_mask[..., None], 0.0)  # ours reads padded positions as 0
+    expected, _ = theirs(zeroed, zeroed, zeroed, ~attention_mask, need_weights=False)
     torch.testing.assert_close(module(x, attention_mask), expected, atol=ATOL, rtol=0)
 
 
@@ -337,6 +342,7 @@ def test_record_attention_maps_are_probabilities_and_leave_output_unchanged():
         sums = m.sum(-1)
         torch.testing.assert_close(sums[:2], torch.ones_like(sums[:2]), atol=1e-6, rtol=0)
         assert (sums[2] == 0).all()  # all-padding sequence: nothing to attend to
+        inp = inp.masked_fill(~attention_mask[..., None], 0.0)  # padded positions are read as 0
         q, k, _ = layer.qkv(inp).view(3, 6, 3, 4, 4).permute(2, 0, 3, 1, 4)
         _, expected = reference_attention(q, k, k, attention_mask[:, None, None, :])
         torch.testing.assert_close(m.double(), expected, atol=1e-6, rtol=0)
@@ -355,3 +361,138 @@ def test_record_attention_errors():
         with pytest.raises(RuntimeError, match="already active"):
             with record_attention(module):
                 pass
+
+
+# ---- what padding holds, half precision, input dtype ----------------------------------------
+
+POISONS = [float("nan"), float("inf"), float("-inf")]
+
+
+def forward_and_backward(module, x, real, fill, pattern=None, seed=3):
+    """Output, input gradient, parameter gradients and recorded maps for x with ``fill`` at
+    padded positions; the same seed gives the same dropout masks."""
+    module.zero_grad()
+    xi = x.masked_fill(~real[..., None], fill).requires_grad_()
+    torch.manual_seed(seed)
+    with record_attention(module) as maps:
+        out = module(xi, real, pattern)
+    (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+    return out, xi.grad, [p.grad.clone() for p in module.parameters()], maps
+
+
+@pytest.mark.parametrize("backend", ["math", "fused"])
+@pytest.mark.parametrize("with_pattern", [False, True])
+@pytest.mark.parametrize("train", [False, True])
+def test_mhsa_nan_and_inf_in_padding_change_no_output_gradient_or_map(backend, with_pattern, train):
+    module = mhsa(backend=backend, dropout=0.2).train(train)
+    torch.manual_seed(1)
+    x = torch.randn(3, 6, 16)
+    real = padding_mask([6, 3, 0], 6)
+    real[0, 2] = False  # a hole inside a sequence
+    pattern = torch.rand(1, 4, 6, 6) > 0.3 if with_pattern else None
+    base_out, base_dx, base_dp, base_maps = forward_and_backward(module, x, real, 0.0, pattern)
+    assert torch.isfinite(base_out).all()
+    for fill in POISONS:
+        out, dx, dp, maps = forward_and_backward(module, x, real, fill, pattern)
+        assert torch.equal(out, base_out), fill  # every row: padded ones are read as 0
+        assert torch.isfinite(dx).all() and torch.equal(dx, base_dx), fill
+        assert torch.equal(dx[~real], torch.zeros_like(dx[~real]))
+        for a, b in zip(dp, base_dp, strict=True):
+            assert torch.isfinite(a).all() and torch.equal(a, b), fill
+        assert torch.equal(maps[0], base_maps[0]), fill
+
+
+def half_qkv(dtype, regime="peaked"):
+    """q, k, v whose scores q . k pass fp16's largest value, 65504.
+
+    ``"peaked"``: entries of about 1e4, scores about 1e8 apart, so each softmax row is one-hot.
+    ``"soft"``: keys near a common large vector, so scores of about 1e5 differ by units and the
+    softmax spreads, which tests the precision of the scores, not only their range.
+    """
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, T, K, generator=g) for _ in range(3))
+    if regime == "soft":
+        q, k = 30 + 30 * q, 300 + 0.5 * k
+    else:
+        q, k = 1e4 * q, 1e4 * k
+    return [t.to(dtype) for t in (q, k, 1e4 * v)]
+
+
+HALF_EPS = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # 2 units in the last place
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("backend", ["math", "fused"])
+@pytest.mark.parametrize("mask_name", ["none", "padding", "additive"])
+@pytest.mark.parametrize("regime", ["peaked", "soft"])
+def test_half_precision_scores_are_computed_in_float32(dtype, backend, mask_name, regime):
+    q, k, v = half_qkv(dtype, regime)
+    mask = MASKS[mask_name]
+    if mask is not None and mask.is_floating_point():
+        mask = mask.to(dtype)  # as the modules pass it: in the input's dtype
+    expected, _ = reference_attention(q, k, v, mask)
+    out = scaled_dot_product_attention(q, k, v, mask, backend=backend)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    tol = HALF_EPS[dtype] * float(v.abs().max())  # errors of probs (<= 1) times v
+    torch.testing.assert_close(out.double(), expected, atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_attention_weights_are_finite_probabilities(dtype):
+    mask = MASKS["padding"]
+    for regime in ("peaked", "soft"):
+        q, k, _ = half_qkv(dtype, regime)
+        _, expected = reference_attention(q, k, k, mask)
+        probs = attention_weights(q, k, mask)
+        assert probs.dtype == dtype and torch.isfinite(probs).all()
+        torch.testing.assert_close(probs.double(), expected, atol=HALF_EPS[dtype], rtol=0)
+        sums = probs.double().sum(-1)[:2]  # sample 2 is all padding: rows of 0
+        torch.testing.assert_close(sums, torch.ones_like(sums), atol=T * HALF_EPS[dtype], rtol=0)
+        assert (probs[2] == 0).all()
+
+
+@pytest.mark.parametrize("backend", ["math", "fused"])
+def test_fp16_module_with_large_activations_matches_float64_and_records_finite_maps(backend):
+    module = mhsa(backend=backend).eval()
+    torch.manual_seed(1)
+    x = torch.randn(2, 6, 16) * 300  # q . k reach about 1e6 per head, past fp16's 65504
+    real = padding_mask([6, 4], 6)
+    half = module.half()
+    with record_attention(half) as maps:
+        out = half(x.half(), real)
+    zeroed = x.half().masked_fill(~real[..., None], 0.0)
+    weights = [p.detach() for p in (half.qkv.weight, half.qkv.bias, half.proj.weight)]
+    expected = reference_self_attention(
+        zeroed, *weights, half.proj.bias.detach(), 4, real[:, None, None, :]
+    )
+    assert torch.isfinite(out).all() and torch.isfinite(maps[0]).all()
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(out.double(), expected, atol=4e-3 * scale, rtol=0)
+    sums = maps[0].double().sum(-1)
+    torch.testing.assert_close(sums, torch.ones_like(sums), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_mhsa_refuses_an_input_of_another_dtype_than_its_parameters(dtype):
+    module = mhsa()
+    message = (
+        rf"x must have the module's parameter dtype torch.float32, got {dtype}; convert the "
+        rf"input with x.to\(torch.float32\) or the module with module.to\({dtype}\)"
+    )
+    with pytest.raises(TypeError, match=message):
+        module(torch.randn(2, 6, 16, dtype=dtype))
+    with pytest.raises(TypeError, match=message):  # the packed path too
+        module(torch.randn(5, 16, dtype=dtype), packing=Packing.from_mask(padding_mask([3, 2], 3)))
+
+
+def test_mhsa_in_float64_and_under_autocast_takes_other_dtypes():
+    module = mhsa().eval()
+    x = torch.randn(2, 6, 16)
+    real = padding_mask([6, 4], 6)
+    expected = module(x, real)
+    out64 = copy.deepcopy(module).double()(x.double(), real)
+    torch.testing.assert_close(out64, expected.double(), atol=ATOL, rtol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module(x.bfloat16(), real)  # bf16 input, fp32 weights: autocast casts
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, atol=5e-2, rtol=5e-2)

@@ -8,6 +8,7 @@ from reference import padding_mask, perturb_norms_and_biases, run_torch_fast_pat
 from torch import nn
 
 from encoderkit import EncoderBlock
+from encoderkit.packing import Packing
 
 D, H, FF = 16, 4, 32
 ATOL = 1e-5
@@ -37,7 +38,9 @@ def test_equals_torch_layer_in_train_mode(norm_first, activation, padded):
     x, real = inputs()
     theirs.train(), ours.train()  # dropout 0: the slow path, which is deterministic
     kpm = ~real if padded else None
-    expected = theirs(x, src_key_padding_mask=kpm)
+    # ours reads padded positions as 0, so torch gets the zeros: every row is then compared
+    zeroed = x.masked_fill(~real[..., None], 0.0) if padded else x
+    expected = theirs(zeroed, src_key_padding_mask=kpm)
     out = ours(x, real if padded else None)
     torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
     expected.pow(2).sum().backward()
@@ -96,13 +99,16 @@ def test_forward_is_the_paper_formula(norm_first):
     block = EncoderBlock(D, H, FF, dropout=0.0, attention_dropout=0.0, norm_first=norm_first)
     x, real = inputs()
     a, f, n1, n2 = block.attn, block.ff, block.norm1, block.norm2
+    block_out = block(x, real)
+    x = x.masked_fill(~real[..., None], 0.0)  # the block reads padded positions as 0
+    keys = real[:, None, None, :]  # (B, T) -> (B, 1, 1, T): padded keys are masked
     if norm_first:  # ViT / GPT: x + sublayer(norm(x))
-        h = x + a(n1(x), real)
+        h = x + a(n1(x), attn_mask=keys)
         expected = h + f(n2(h))
     else:  # Vaswani / BERT: norm(x + sublayer(x))
-        h = n1(x + a(x, real))
+        h = n1(x + a(x, attn_mask=keys))
         expected = n2(h + f(h))
-    torch.testing.assert_close(block(x, real), expected, atol=0, rtol=0)
+    torch.testing.assert_close(block_out, expected, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
@@ -154,3 +160,65 @@ def test_bad_input():
 def test_layer_norm_eps_is_used():
     block = EncoderBlock(D, H, FF, layer_norm_eps=1e-12)
     assert block.norm1.eps == block.norm2.eps == 1e-12
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("with_pattern", [False, True])
+@pytest.mark.parametrize("backend", ["fused", "math"])
+@pytest.mark.parametrize("train", [False, True])
+def test_nan_and_inf_in_padding_change_no_output_and_no_gradient(
+    norm_first, with_pattern, backend, train
+):
+    torch.manual_seed(0)
+    block = EncoderBlock(
+        D, H, FF, dropout=0.2, attention_dropout=0.2, norm_first=norm_first,
+        attention_backend=backend,
+    ).train(train)  # fmt: skip
+    perturb_norms_and_biases(block)
+    x, real = inputs((6, 0, 3))
+    real[0, 1] = False  # a hole inside a sequence
+    pattern = torch.ones(6, 6, dtype=torch.bool).tril()[None, None] if with_pattern else None
+    weight = torch.randn_like(x)
+
+    def run(fill):
+        block.zero_grad()
+        xi = x.masked_fill(~real[..., None], fill).requires_grad_()
+        torch.manual_seed(3)  # the same dropout masks for every fill
+        out = block(xi, real, pattern)
+        (out * weight).sum().backward()  # padded rows included: they are finite too
+        return out, xi.grad, [p.grad.clone() for p in block.parameters()]
+
+    base_out, base_dx, base_dp = run(0.0)
+    assert torch.isfinite(base_out).all()
+    for fill in (float("nan"), float("inf"), float("-inf")):
+        out, dx, dp = run(fill)
+        assert torch.equal(out, base_out), fill
+        assert torch.isfinite(dx).all() and torch.equal(dx, base_dx), fill
+        assert torch.equal(dx[~real], torch.zeros_like(dx[~real]))
+        for a, b in zip(dp, base_dp, strict=True):
+            assert torch.isfinite(a).all() and torch.equal(a, b), fill
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_an_input_of_another_dtype_than_the_parameters_is_refused(dtype):
+    block = EncoderBlock(D, H, FF)
+    message = (
+        rf"x must have the module's parameter dtype torch.float32, got {dtype}; convert the "
+        rf"input with x.to\(torch.float32\) or the module with module.to\({dtype}\)"
+    )
+    x, real = inputs()
+    with pytest.raises(TypeError, match=message):
+        block(x.to(dtype), real)
+    packing = Packing.from_mask(real)
+    with pytest.raises(TypeError, match=message):
+        block(packing.pack(x).to(dtype), packing=packing)
+
+
+def test_autocast_bf16_on_cpu_takes_a_bf16_input_to_an_fp32_block():
+    torch.manual_seed(0)
+    block = EncoderBlock(D, H, FF).eval()
+    x, real = inputs()
+    expected = block(x, real)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block(x.bfloat16(), real)
+    torch.testing.assert_close(out.float(), expected, atol=5e-2, rtol=5e-2)

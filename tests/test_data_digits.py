@@ -5,6 +5,10 @@ plain grayscale ones."""
 
 from __future__ import annotations
 
+import struct
+import zlib
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
@@ -275,6 +279,41 @@ def test_read_errors_name_the_file(tmp_path):
     text.write_text("not an image")
     with pytest.raises(ValueError, match="cannot read .*notes.png as an image: cannot identify"):
         read_digit_image(text)
+
+
+def zero_by_zero_png():
+    """A well-formed PNG whose header says 0 x 0 pixels, which the format forbids."""
+
+    def chunk(kind, data):
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", 0, 0, 8, 0, 0, 0, 0)  # 0 x 0, 8-bit grayscale
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("width, height", [(0, 0), (0, 5), (7, 0)])
+def test_an_image_without_pixels_is_refused_naming_its_size(tmp_path, width, height):
+    path = tmp_path / "empty.png"
+    path.write_bytes(zero_by_zero_png())
+    with pytest.raises(ValueError, match="cannot read .*empty.png as an image"):
+        read_digit_image(path)  # Pillow 13 refuses to open (or write) such files itself
+    # Other readers or Pillow versions may decode one: stand in for that with a 0-pixel image
+    empty = Image.new("L", (width, height))
+    with mock.patch.object(Image, "open", return_value=empty) as opened:
+        with pytest.raises(
+            ValueError,
+            match=rf"expected an image of at least 1 x 1 pixels in .*empty.png, got "
+            rf"{width} x {height}",
+        ):
+            read_digit_image(path)
+    opened.assert_called_once_with(path)
 
 
 def test_write_checks_its_input(tmp_path):

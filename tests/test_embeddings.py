@@ -287,6 +287,23 @@ BAD_PIXELS = [
     ),
     (torch.ones(1, 3, 30, 32), ValueError, "divisible by the patch size 8, got 30 x 32"),
     (torch.ones(1, 3, 32, 36), ValueError, "divisible by the patch size 8, got 32 x 36"),
+    (torch.ones(2, 3, 0, 0), ValueError, "at least the patch size 8, got 0 x 0"),
+    (torch.ones(0, 3, 0, 0), ValueError, "at least the patch size 8, got 0 x 0"),
+    (torch.ones(1, 3, 0, 32), ValueError, "at least the patch size 8, got 0 x 32"),
+    (torch.ones(1, 3, 32, 4), ValueError, "at least the patch size 8, got 32 x 4"),
+    (
+        torch.ones(1, 3, 32, 32, dtype=torch.float64),
+        TypeError,
+        r"pixels must have the module's parameter dtype torch.float32, got torch.float64; "
+        r"convert the input with pixels.to\(torch.float32\) or the module with "
+        r"module.to\(torch.float64\)",
+    ),
+    (
+        torch.ones(1, 3, 32, 32, dtype=torch.float16),
+        TypeError,
+        r"parameter dtype torch.float32, got torch.float16; convert the input with "
+        r"pixels.to\(torch.float32\)",
+    ),
 ]
 
 
@@ -294,6 +311,26 @@ BAD_PIXELS = [
 def test_patch_embedding_bad_input(pixels, error, message):
     with pytest.raises(error, match=message):
         PatchEmbedding(IMAGE, PATCH, CHANNELS, D)(pixels)
+
+
+def test_patch_embedding_of_an_empty_batch_is_an_empty_batch_of_tokens():
+    emb = PatchEmbedding(IMAGE, PATCH, CHANNELS, D)
+    for height, width in ((IMAGE, IMAGE), (16, 24)):
+        out = emb(torch.ones(0, CHANNELS, height, width))
+        assert out.shape == (0, 1 + (height // PATCH) * (width // PATCH), D)
+        assert out.dtype == torch.float32
+
+
+def test_patch_embedding_in_float64_and_under_autocast_takes_those_dtypes():
+    torch.manual_seed(0)
+    emb = PatchEmbedding(IMAGE, PATCH, CHANNELS, D).eval()
+    pixels = torch.randn(2, CHANNELS, IMAGE, IMAGE)
+    expected = emb(pixels)
+    torch.testing.assert_close(emb.double()(pixels.double()), expected.double(), atol=1e-6, rtol=0)
+    emb.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = emb(pixels.bfloat16())
+    torch.testing.assert_close(out.float(), expected, atol=5e-2, rtol=5e-2)
 
 
 def test_patch_embedding_bad_construction():

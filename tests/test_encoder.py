@@ -230,3 +230,81 @@ def test_bad_input():
         model(torch.randn(2, 5, 32).numpy())
     with pytest.raises(ValueError, match=r"\(B, T\) = \(2, 5\), got \(5,\)"):
         model(torch.randn(2, 5, 32), torch.ones(5, dtype=torch.bool))
+
+
+# ---- what padding holds, half precision, input dtype ----------------------------------------
+
+
+@pytest.mark.parametrize("padding_free", [True, False])
+@pytest.mark.parametrize("with_pattern", [False, True])
+@pytest.mark.parametrize("backend", ["fused", "math"])
+@pytest.mark.parametrize("train", [False, True])
+def test_nan_and_inf_in_padding_change_no_output_and_no_gradient(
+    padding_free, with_pattern, backend, train
+):
+    model = tiny(
+        padding_free=padding_free, attention_backend=backend, dropout=0.1, attention_dropout=0.1
+    ).train(train)
+    x, real = batch(lengths=(7, 0, 3))
+    real[0, 4] = False  # a hole inside a sequence
+    pattern = torch.ones(7, 7, dtype=torch.bool).tril()[None, None] if with_pattern else None
+    weight = torch.randn_like(x)
+
+    def run(fill):
+        model.zero_grad()
+        xi = x.masked_fill(~real[..., None], fill).requires_grad_()
+        torch.manual_seed(3)  # the same dropout masks for every fill
+        out = model(xi, real, pattern)
+        (out * weight).sum().backward()
+        return out, xi.grad, [p.grad.clone() for p in model.parameters()]
+
+    base_out, base_dx, base_dp = run(0.0)
+    assert torch.equal(base_out[~real], torch.zeros_like(base_out[~real]))
+    for fill in (float("nan"), float("inf"), float("-inf")):
+        out, dx, dp = run(fill)
+        assert torch.equal(out, base_out), fill
+        assert torch.isfinite(dx).all() and torch.equal(dx, base_dx), fill
+        assert torch.equal(dx[~real], torch.zeros_like(dx[~real]))
+        for a, b in zip(dp, base_dp, strict=True):
+            assert torch.isfinite(a).all() and torch.equal(a, b), fill
+
+
+@pytest.mark.parametrize("padding_free", [True, False])
+@pytest.mark.parametrize("backend", ["fused", "math"])
+def test_fp16_encoder_with_large_activations_matches_float64(padding_free, backend):
+    model = tiny(padding_free=padding_free, attention_backend=backend).eval().half()
+    reference = copy.deepcopy(model).double()  # the same fp16-rounded weights, in float64
+    x, real = batch(lengths=(7, 5, 2))
+    x = (3000 * x).half()  # post-norm: the first attention sees scores of about 1e6
+    out = model(x, real)
+    expected = reference(x.double(), real)
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), expected, atol=5e-3, rtol=5e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_an_input_of_another_dtype_than_the_parameters_is_refused(dtype):
+    model = tiny()
+    x, real = batch()
+    message = (
+        rf"x must have the module's parameter dtype torch.float32, got {dtype}; convert the "
+        rf"input with x.to\(torch.float32\) or the module with module.to\({dtype}\)"
+    )
+    for mask in (None, real):
+        with pytest.raises(TypeError, match=message):
+            model(x.to(dtype), mask)
+    converted = copy.deepcopy(model).to(dtype)  # as the message says: then it works
+    expected = model(x, real).to(dtype)
+    torch.testing.assert_close(converted(x.to(dtype), real), expected, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("padding_free", [True, False])
+def test_autocast_bf16_on_cpu_takes_a_bf16_input_to_an_fp32_model(padding_free):
+    model = tiny(padding_free=padding_free).eval()
+    x, real = batch()
+    expected = model(x, real)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_fp32_input = model(x, real)
+        out = model(x.bfloat16(), real)
+    for result in (out, out_fp32_input):
+        torch.testing.assert_close(result.float(), expected, atol=5e-2, rtol=5e-2)

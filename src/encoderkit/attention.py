@@ -38,10 +38,11 @@ from encoderkit.checks import (
     check_choice,
     check_heads,
     check_hidden_states,
+    check_input_dtype,
     check_packed_tokens,
     check_probability,
 )
-from encoderkit.masks import make_attention_mask
+from encoderkit.masks import make_attention_mask, padding_mask_bool
 from encoderkit.packing import Packing
 
 varlen_attn: Callable[..., torch.Tensor] | None
@@ -201,19 +202,23 @@ def attention_weights(
 ) -> torch.Tensor:
     """The attention probabilities softmax(Q K^T / sqrt(d_k) + mask): (B, H, T, S).
 
-    Rows with no key to attend to are all zero. The softmax runs in float32 at least, so half
-    precision scores cannot overflow it.
+    Rows with no key to attend to are all zero. The scores and the softmax are computed in
+    float32 at least and the probabilities returned in q's dtype: half precision q . k overflows
+    fp16 (|q . k| > 65504, e.g. entries of 1e3 in 64 dimensions) and keeps too few digits in bf16
+    for the softmax, whose result depends on differences between scores.
     """
     _check_qkv(q, k, k)
+    compute = torch.promote_types(q.dtype, torch.float32)
+    # In q's dtype first, as the fused path gets it: -1e9 is -inf in fp16 on both paths
     mask, has_key = _open_empty_rows(mask, q.dtype)
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+    # .to() copies nothing for float32 and float64
+    scores = (q.to(compute) @ k.to(compute).transpose(-2, -1)) / math.sqrt(q.shape[-1])
     if mask is not None:
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, float("-inf"))
         else:
-            scores = scores + mask
-    probs = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
-    probs = probs.to(q.dtype)
+            scores = scores + mask.to(compute)
+    probs = scores.softmax(dim=-1).to(q.dtype)  # (B, H, T, S)
     return probs if has_key is None else probs.masked_fill(~has_key, 0.0)
 
 
@@ -304,16 +309,26 @@ class MultiHeadSelfAttention(nn.Module):
         attn_mask: torch.Tensor | None = None,
         packing: Packing | None = None,
     ) -> torch.Tensor:
-        """x (B, T, D) -> (B, T, D); or packed tokens x (N, D) -> (N, D) given ``packing``."""
+        """x (B, T, D) -> (B, T, D); or packed tokens x (N, D) -> (N, D) given ``packing``.
+
+        Padded positions of x (``attention_mask`` False) are read as zeros, so no value there,
+        NaN and inf included, changes any output.
+        """
         if packing is not None:
             if attention_mask is not None or attn_mask is not None:
                 raise ValueError("packed tokens take no masks: the packing says what attends")
             return self.forward_packed(x, packing)
         B, T, D = check_hidden_states(x, self.d_model).shape
+        check_input_dtype(x, self.qkv.weight.dtype)
         H, K = self.n_heads, self.head_dim
+        real = None if attention_mask is None else padding_mask_bool(attention_mask, B, T)
         mask = make_attention_mask(
-            attention_mask, attn_mask, batch_size=B, seq_len=T, n_heads=H, dtype=x.dtype
+            real, attn_mask, batch_size=B, seq_len=T, n_heads=H, dtype=x.dtype
         )
+        if real is not None:
+            # Masking the scores is not enough: 0 * NaN is NaN in probs @ V, and a NaN query row
+            # poisons every key's gradient. Zeros keep padded rows finite and content-free.
+            x = x.masked_fill(~real[..., None], 0.0)  # (B, T) -> (B, T, 1)
         qkv = self.qkv(x).view(B, T, 3, H, K)  # (B, T, 3D) -> (B, T, 3, H, K)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # -> 3 x (B, H, T, K)
         if self.recorded is not None:
@@ -328,6 +343,7 @@ class MultiHeadSelfAttention(nn.Module):
     def forward_packed(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
         """Packed real tokens x (N, D) -> (N, D), each attending within its own sequence."""
         N, D = check_packed_tokens(x, self.d_model, packing.num_tokens).shape
+        check_input_dtype(x, self.qkv.weight.dtype)
         H, K = self.n_heads, self.head_dim
         q, k, v = self.qkv(x).view(N, 3, H, K).unbind(1)  # (N, 3D) -> (N, 3, H, K) -> 3 x (N, H, K)
         if self.recorded is not None:

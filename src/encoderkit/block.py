@@ -18,8 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoderkit.attention import Backend, MultiHeadSelfAttention
-from encoderkit.checks import check_hidden_states, check_packed_tokens, check_probability
+from encoderkit.checks import (
+    check_hidden_states,
+    check_input_dtype,
+    check_packed_tokens,
+    check_probability,
+)
 from encoderkit.feedforward import Activation, FeedForward
+from encoderkit.masks import make_attention_mask, padding_mask_bool
 from encoderkit.packing import Packing
 
 
@@ -60,11 +66,26 @@ class EncoderBlock(nn.Module):
         packing: Packing | None = None,
     ) -> torch.Tensor:
         """x (B, T, D) -> (B, T, D), masks as in :mod:`encoderkit.masks`; or packed tokens
-        x (N, D) -> (N, D) given ``packing``."""
+        x (N, D) -> (N, D) given ``packing``.
+
+        Padded positions of x (``attention_mask`` False) are read as zeros, so no value there,
+        NaN and inf included, changes any output.
+        """
         if packing is None:
-            check_hidden_states(x, self.d_model)
+            B, T, _ = check_hidden_states(x, self.d_model).shape
         else:
             check_packed_tokens(x, self.d_model, packing.num_tokens)
+        check_input_dtype(x, self.attn.qkv.weight.dtype)
+        if packing is None and attention_mask is not None:
+            real = padding_mask_bool(attention_mask, B, T)
+            # Merged here, as the encoder does, so attention gets the key mask alone
+            attn_mask = make_attention_mask(
+                real, attn_mask, batch_size=B, seq_len=T, n_heads=self.attn.n_heads, dtype=x.dtype
+            )
+            attention_mask = None
+            # Zeroed here, not only inside attention: the residual stream carries x past it, and
+            # NaN left there reaches the real tokens' gradients through LayerNorm's backward.
+            x = x.masked_fill(~real[..., None], 0.0)  # (B, T) -> (B, T, 1)
 
         def attn(h: torch.Tensor) -> torch.Tensor:
             return self.attn(h, attention_mask, attn_mask, packing)

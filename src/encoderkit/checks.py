@@ -67,3 +67,18 @@ def check_packed_tokens(x: object, d_model: int, num_tokens: int, name: str = "x
             f"got shape {tuple(x.shape)}"
         )
     return check_features(x, d_model, name)
+
+
+def check_input_dtype(x: torch.Tensor, expected: torch.dtype, name: str = "x") -> torch.Tensor:
+    """``x`` must have the dtype of the module's parameters, ``expected``.
+
+    Otherwise torch fails deep inside with a dtype mismatch, or quietly computes in another
+    precision. Under ``torch.autocast`` for x's device, mixed dtypes are the point, so anything
+    goes.
+    """
+    if x.dtype != expected and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f"{name} must have the module's parameter dtype {expected}, got {x.dtype}; convert "
+            f"the input with {name}.to({expected}) or the module with module.to({x.dtype})"
+        )
+    return x

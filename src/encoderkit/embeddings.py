@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoderkit.checks import check_positive_int, check_probability
+from encoderkit.checks import check_input_dtype, check_positive_int, check_probability
 
 PositionEncoding = Literal["learned", "sinusoidal"]
 
@@ -177,7 +177,8 @@ class PatchEmbedding(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels (B, C, H, W) -> (B, 1 + N, D) with N = (H / P) (W / P)."""
+        """pixels (B, C, H, W) -> (B, 1 + N, D) with N = (H / P) (W / P); an empty batch (B = 0)
+        gives (0, 1 + N, D)."""
         B, _, H, W = self.check_pixels(pixels).shape
         x = self.proj(pixels)  # (B, C, H, W) -> (B, D, H/P, W/P)
         x = x.flatten(2).transpose(1, 2)  # -> (B, N, D)
@@ -209,9 +210,14 @@ class PatchEmbedding(nn.Module):
                 f"pixels must have {self.num_channels} channels, got {C} "
                 f"(shape {tuple(pixels.shape)})"
             )
+        if H < self.patch_size or W < self.patch_size:  # 0 x 0 divides by anything
+            raise ValueError(
+                f"image height and width must be at least the patch size {self.patch_size}, "
+                f"got {H} x {W}"
+            )
         if H % self.patch_size or W % self.patch_size:
             raise ValueError(
                 f"image height and width must be divisible by the patch size {self.patch_size}, "
                 f"got {H} x {W}; resize the image"
             )
-        return pixels
+        return check_input_dtype(pixels, self.proj.weight.dtype, "pixels")

@@ -6,8 +6,9 @@ Padded batches run padding-free (``config.padding_free``, on by default): the re
 packed once into (N, D), every block runs on them, and the output is unpacked once, so padding
 costs no matmul (see :mod:`encoderkit.packing`). With an ``attn_mask`` pattern, or with
 ``padding_free=False``, the blocks run on the padded batch under a key-padding mask instead.
-Either way the encoder returns exactly 0 at padded positions, as torch's nested-tensor fast path
-does, so results never depend on what the padding holds.
+Either way padded positions are never read (packed away, or replaced by zeros on the way in, since
+a score mask alone lets NaN through: 0 * NaN is NaN) and the encoder returns exactly 0 there, as
+torch's nested-tensor fast path does, so results never depend on what the padding holds.
 
 Shape legend: B batch, T tokens, N real tokens, D model width, H heads.
 """
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from encoderkit.block import EncoderBlock, torch_activation_name
-from encoderkit.checks import check_hidden_states
+from encoderkit.checks import check_hidden_states, check_input_dtype
 from encoderkit.config import EncoderConfig
 from encoderkit.masks import make_attention_mask, padding_mask_bool
 from encoderkit.packing import Packing
@@ -64,6 +65,7 @@ class Encoder(nn.Module):
     ) -> torch.Tensor:
         """x (B, T, D) -> (B, T, D); ``attention_mask`` (B, T) True/1 = real token."""
         B, T, _ = check_hidden_states(x, self.config.d_model).shape
+        check_input_dtype(x, next(self.parameters()).dtype)
         real = None if attention_mask is None else padding_mask_bool(attention_mask, B, T)
         if real is not None and bool(real.all()):
             real = None  # nothing is padded: no mask at all
@@ -82,6 +84,9 @@ class Encoder(nn.Module):
             n_heads=self.config.n_heads,
             dtype=x.dtype,
         )
+        if real is not None:
+            # Once here, so the blocks (given only the 4-D mask) never see what padding held
+            x = x.masked_fill(~real[..., None], 0.0)  # (B, T) -> (B, T, 1)
         for block in self.blocks:
             x = block(x, attn_mask=mask)
         x = self.norm(x)

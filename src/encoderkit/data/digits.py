@@ -80,7 +80,7 @@ def read_digit_image(path: str | os.PathLike[str]) -> torch.Tensor:
     Any format Pillow reads. Converted to grayscale (ITU-R 601 luma; transparent pixels count as
     white paper), inverted when it looks like dark ink on light paper (mean > 0.5), area-averaged
     to 8x8 and scaled so its brightest pixel is 1 (a blank image stays 0). A missing file raises
-    ``FileNotFoundError``, an unreadable one ``ValueError``.
+    ``FileNotFoundError``, an unreadable or empty (0 pixels wide or high) one ``ValueError``.
     """
     path = Path(path)
     if not path.exists():
@@ -95,6 +95,11 @@ def read_digit_image(path: str | os.PathLike[str]) -> torch.Tensor:
             gray = _to_gray(img)
     except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"cannot read {path} as an image: {e}") from e
+    if gray.size == 0:  # nothing to average: numpy would warn, and the result be a blank image
+        height, width = gray.shape
+        raise ValueError(
+            f"expected an image of at least 1 x 1 pixels in {path}, got {width} x {height}"
+        )
     if gray.mean() > 0.5:  # dark ink on light paper -> bright ink on black, as in the data set
         gray = 1.0 - gray
     box = Image.Resampling.BOX  # area average, as UCI's 4x4 blocks
