@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from encoderkit import Encoder, EncoderConfig
+from encoderkit import Encoder, EncoderConfig, TextConfig, VisionConfig
 
 
 def test_presets_match_the_published_sizes():
@@ -70,3 +70,52 @@ def test_invalid_values_raise_naming_expected_and_actual(change, error, message)
 def test_flops_reject_bad_length():
     with pytest.raises(ValueError, match="seq_len must be a positive int, got 0"):
         EncoderConfig.tiny().flops_per_token(0)
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"layer_norm_eps": float("inf")}, ValueError, "layer_norm_eps must be a finite .*inf"),
+        ({"pad_token_id": 5.5}, TypeError, "pad_token_id must be an int, got 5.5"),
+        ({"pad_token_id": True}, TypeError, "pad_token_id must be an int, got True"),
+        ({"pad_token_id": "0"}, TypeError, "pad_token_id must be an int, got '0'"),
+        ({"pooler": 1}, TypeError, "pooler must be a bool, got 1"),
+        ({"activation": ["gelu"]}, TypeError, r"activation must be a str, got \['gelu'\]"),
+    ],
+)
+def test_text_config_rejects_non_finite_floats_and_wrong_int_types(change, error, message):
+    fields = {"d_model": 32, "n_heads": 4, "d_ff": 64, "n_layers": 2, "vocab_size": 50} | change
+    with pytest.raises(error, match=message):
+        TextConfig(**fields)
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"layer_norm_eps": float("inf")}, ValueError, "layer_norm_eps must be a finite .*inf"),
+        ({"pooler": "yes"}, TypeError, "pooler must be a bool, got 'yes'"),
+    ],
+)
+def test_vision_config_rejects_non_finite_floats_and_wrong_types(change, error, message):
+    fields = {"d_model": 32, "n_heads": 4, "d_ff": 64, "n_layers": 2, "image_size": 32} | change
+    with pytest.raises(error, match=message):
+        VisionConfig(**fields)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"layer_norm_eps": float("nan")}, "layer_norm_eps must be a positive float, got nan"),
+        ({"layer_norm_eps": True}, "layer_norm_eps must be a positive float, got True"),
+        ({"pad_token_id": 50}, r"pad_token_id must lie in \[0, vocab_size=50\)"),
+        ({"vocab_size": True}, "vocab_size must be a positive int, got True"),
+        ({"max_positions": 16.0}, "max_positions must be a positive int, got 16.0"),
+        ({"type_vocab_size": False}, "type_vocab_size must be an int >= 0, got False"),
+        ({"dropout": float("nan")}, r"dropout must be a float in \[0, 1\), got nan"),
+    ],
+)
+def test_text_config_keeps_rejecting_nan_and_bools_as_numbers(change, message):
+    """Guards: these were rejected before non-finite floats and bools were audited."""
+    fields = {"d_model": 32, "n_heads": 4, "d_ff": 64, "n_layers": 2, "vocab_size": 50} | change
+    with pytest.raises(ValueError, match=message):
+        TextConfig(**fields)

@@ -210,7 +210,9 @@ def test_pool_tokens():
     hidden = torch.randn(4, 6, 8)  # padded rows hold noise, which must not count
     real = padding_mask([6, 3, 1, 0], 6)
     assert torch.equal(pool_tokens(hidden, "cls"), hidden[:, 0])
-    assert torch.equal(pool_tokens(hidden, "cls", real), hidden[:, 0])
+    # With a mask, "cls" takes the first real token; a row with none pools 0, as "mean" does.
+    cls = pool_tokens(hidden, "cls", real)
+    assert torch.equal(cls[:3], hidden[:3, 0]) and torch.equal(cls[3], torch.zeros(8))
     mean = pool_tokens(hidden, "mean", real)
     torch.testing.assert_close(mean, hand_mean(hidden, real), atol=1e-6, rtol=0)
     assert torch.equal(mean[3], torch.zeros(8))  # all padding: 0, not NaN
@@ -220,6 +222,61 @@ def test_pool_tokens():
         pool_tokens(hidden, "max")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"\(B, T\) = \(4, 6\), got \(4, 5\)"):
         pool_tokens(hidden, "mean", real[:, :5])
+
+
+def test_pool_tokens_cls_takes_the_first_real_token_of_left_padded_rows():
+    torch.manual_seed(0)
+    hidden = torch.randn(4, 6, 8)  # padded positions hold noise, which must not be pooled
+    real = padding_mask([6, 3, 1, 0], 6).flip(1)  # left-padded: real tokens at the end
+    expected = torch.stack([hidden[0, 0], hidden[1, 3], hidden[2, 5], torch.zeros(8)])
+    assert torch.equal(pool_tokens(hidden, "cls", real), expected)
+    assert torch.equal(pool_tokens(hidden, "cls", real.long()), expected)
+    with pytest.raises(ValueError, match=r"\(B, T\) = \(4, 6\), got \(4, 5\)"):
+        pool_tokens(hidden, "cls", real[:, :5])
+
+
+def left_padded(ids, types, real):
+    """The same sequences with their padding moved to the front."""
+    lengths = real.sum(1).tolist()
+    shift = [real.shape[1] - n for n in lengths]
+    return tuple(
+        torch.stack([row.roll(s) for row, s in zip(t, shift, strict=True)])
+        for t in (ids, types, real)
+    )
+
+
+@pytest.mark.parametrize("padding_free", [True, False])
+@pytest.mark.parametrize("pooler", [False, True])
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_sequence_classifier_left_and_right_padding_give_the_same_logits(
+    pooling, pooler, padding_free
+):
+    model = text_model(SequenceClassifier, 3, pooling, pooler=pooler, padding_free=padding_free)
+    with torch.no_grad():  # positions are absolute: without them, only the padding side differs
+        model.encoder.embeddings.positions.weight.zero_()
+    ids, types, real = text_batch(lengths=(7, 4, 1, 0))  # an all-padding row included
+    left_ids, left_types, left_real = left_padded(ids, types, real)
+    assert not left_real[:, 0][1:].any()  # rows 1.. really start with padding
+    right = model(ids, real, types)
+    left = model(left_ids, left_real, left_types)
+    torch.testing.assert_close(left, right, atol=1e-6, rtol=0)
+    # The all-padding row pools 0, through the pooler when there is one: finite, defined.
+    zero = torch.zeros(1, 32)
+    if pooler and pooling == "cls":
+        zero = model.encoder.pooler(zero)
+    torch.testing.assert_close(right[3:], model.head(zero), atol=1e-6, rtol=0)
+    assert torch.isfinite(right).all()
+
+
+def test_text_encoder_pool_uses_the_first_real_token_with_a_mask():
+    model = text_model(pooler=True)
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 5, 32)
+    real = padding_mask([5, 2], 5).flip(1)  # row 1: real tokens at positions 3 and 4
+    dense = model.pooler.dense
+    expected = torch.tanh(torch.stack([hidden[0, 0], hidden[1, 3]]) @ dense.weight.T + dense.bias)
+    torch.testing.assert_close(model.pool(hidden, real), expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(model.pool(hidden), model.pooler(hidden[:, 0]), atol=0, rtol=0)
 
 
 # Classifiers

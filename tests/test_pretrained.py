@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -326,4 +327,171 @@ def test_config_lacking_an_architecture_key(bert_dir):
     del config["hidden_size"]
     (bert_dir / "config.json").write_text(json.dumps(config))
     with pytest.raises(PretrainedError, match="config.json lacks 'hidden_size'"):
+        load_pretrained(bert_dir)
+
+
+def test_each_of_q_k_v_is_checked_before_concatenation(bert_dir):
+    def edit(state):  # 33 + 31 + 32 rows: the fused (96, 32) would fit, shifted by a row
+        state["encoder.layer.0.attention.self.query.weight"] = torch.randn(33, 32)
+        state["encoder.layer.0.attention.self.key.weight"] = torch.randn(31, 32)
+
+    edit_weights(bert_dir, edit)
+    with pytest.raises(PretrainedError) as info:
+        load_pretrained(bert_dir)
+    message = str(info.value)
+    for name, rows in (("query", 33), ("key", 31)):
+        assert (
+            f"shape of encoder.layer.0.attention.self.{name}.weight: expected (32, 32) for "
+            f"encoder.blocks.0.attn.qkv.weight (96, 32), 1/3 each, got ({rows}, 32)"
+        ) in message
+    assert "value.weight" not in message
+
+
+@pytest.mark.parametrize("pickled", [False, True])
+def test_integer_and_bool_tensors_are_refused_not_cast(bert_dir, pickled):
+    def edit(state):
+        state["encoder.layer.1.attention.self.value.weight"] = torch.ones(32, 32, dtype=torch.long)
+        state["encoder.layer.0.attention.self.key.bias"] = torch.ones(32, dtype=torch.bool)
+        state["embeddings.LayerNorm.bias"] = torch.zeros(32, dtype=torch.int32)
+
+    edit_weights(bert_dir, edit)
+    if pickled:
+        state = load_file(bert_dir / "model.safetensors")
+        (bert_dir / "model.safetensors").unlink()
+        torch.save(state, bert_dir / "pytorch_model.bin")
+    with pytest.raises(PretrainedError) as info:
+        load_pretrained(bert_dir, allow_pickle=pickled)
+    message = str(info.value)
+    assert (
+        "dtype of encoder.layer.1.attention.self.value.weight: expected floating for "
+        "encoder.blocks.1.attn.qkv.weight (96, 32), 1/3 each, got torch.int64 (shape (32, 32))"
+    ) in message
+    assert (
+        "dtype of encoder.layer.0.attention.self.key.bias: expected floating for "
+        "encoder.blocks.0.attn.qkv.bias (96,), 1/3 each, got torch.bool (shape (32,))"
+    ) in message
+    assert (
+        "dtype of embeddings.LayerNorm.bias: expected floating for embeddings.norm.bias, "
+        "got torch.int32 (shape (32,))"
+    ) in message
+
+
+def load_quickly(directory, **kwargs):
+    """load_pretrained, which must refuse a config at odds with the weights in well under a
+    second: before building, let alone allocating, what the config asks."""
+    start = time.perf_counter()
+    try:
+        load_pretrained(directory, **kwargs)
+    finally:
+        assert time.perf_counter() - start < 0.5
+
+
+@pytest.mark.parametrize("pickled", [False, True])
+def test_a_config_asking_huge_widths_is_refused_before_allocating(bert_dir, pickled):
+    if pickled:
+        state = load_file(bert_dir / "model.safetensors")
+        (bert_dir / "model.safetensors").unlink()
+        torch.save(state, bert_dir / "pytorch_model.bin")
+    edit_config(bert_dir, hidden_size=100_000)  # 120 GB of float32 if it were built
+    with pytest.raises(PretrainedError) as info:
+        load_quickly(bert_dir, allow_pickle=pickled)
+    message = str(info.value)
+    assert message.startswith(f"{bert_dir}: the weights do not match the config")
+    assert (
+        "shape of embeddings.word_embeddings.weight: expected (99, 100000) for "
+        "embeddings.tokens.weight, got (99, 32)"
+    ) in message
+    edit_config(bert_dir, hidden_size=4 * 10**12, vocab_size=10**12)  # beyond int64 elements
+    with pytest.raises(PretrainedError, match="config.json asks sizes no tensor can have"):
+        load_quickly(bert_dir, allow_pickle=pickled)
+
+
+@pytest.mark.parametrize("pickled", [False, True])
+def test_a_config_asking_a_million_layers_is_refused_before_building(bert_dir, pickled):
+    if pickled:
+        state = load_file(bert_dir / "model.safetensors")
+        (bert_dir / "model.safetensors").unlink()
+        torch.save(state, bert_dir / "pytorch_model.bin")
+    edit_config(bert_dir, num_hidden_layers=1_000_000)
+    with pytest.raises(PretrainedError) as info:
+        load_quickly(bert_dir, allow_pickle=pickled)
+    assert str(info.value) == (
+        f"{bert_dir}: config.json asks num_hidden_layers=1000000, but the weights hold 2 "
+        "layers: encoder.layer.{0..1}"
+    )
+
+
+def test_a_vit_config_asking_huge_images_is_refused_before_allocating(tmp_path):
+    hf_vit().save_pretrained(tmp_path)
+    edit_config(tmp_path, image_size=1_000_000, patch_size=1)
+    with pytest.raises(PretrainedError) as info:
+        load_quickly(tmp_path)
+    assert (
+        "shape of embeddings.position_embeddings: expected (1, 1000000000001, 32) for "
+        "embeddings.pos_embed, got (1, 17, 32)"
+    ) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("hidden_size", "abc", "hidden_size must be a positive int, got 'abc'"),
+        ("hidden_size", -5, "hidden_size must be a positive int, got -5"),
+        ("hidden_size", 1e9, "hidden_size must be a positive int, got 1000000000.0"),
+        ("hidden_size", True, "hidden_size must be a positive int, got True"),
+        ("num_attention_heads", 0, "num_attention_heads must be a positive int, got 0"),
+        ("num_hidden_layers", 2.0, "num_hidden_layers must be a positive int, got 2.0"),
+        ("intermediate_size", None, "intermediate_size must be a positive int, got None"),
+        ("vocab_size", [99], r"vocab_size must be a positive int, got \[99\]"),
+        ("max_position_embeddings", 0, "max_position_embeddings must be a positive int, got 0"),
+        ("type_vocab_size", -1, "type_vocab_size must be an int >= 0, got -1"),
+        ("layer_norm_eps", float("inf"), "layer_norm_eps must be a finite float > 0, got inf"),
+        ("layer_norm_eps", float("nan"), "layer_norm_eps must be a finite float > 0, got nan"),
+        ("layer_norm_eps", "x", "layer_norm_eps must be a finite float > 0, got 'x'"),
+        ("layer_norm_eps", 0, "layer_norm_eps must be a finite float > 0, got 0"),
+        ("hidden_dropout_prob", 1.5, r"hidden_dropout_prob must be a float in \[0, 1\), got 1.5"),
+        ("attention_probs_dropout_prob", float("nan"), "attention_probs_dropout_prob must be"),
+        ("pad_token_id", 5.5, "pad_token_id must be an int >= 0, got 5.5"),
+        ("pad_token_id", True, "pad_token_id must be an int >= 0, got True"),
+        ("pad_token_id", "0", "pad_token_id must be an int >= 0, got '0'"),
+        ("hidden_act", ["gelu"], r"hidden_act must be one of .*, got \['gelu'\]"),
+    ],
+)
+def test_config_values_of_the_wrong_type_or_range_name_the_field(bert_dir, key, value, message):
+    edit_config(bert_dir, **{key: value})
+    with pytest.raises(PretrainedError, match=f"^config.json: {message}"):
+        load_quickly(bert_dir)
+
+
+def test_config_values_hugging_face_writes_still_load(bert_dir, tmp_path):
+    edit_config(bert_dir, pad_token_id=None)  # BERT configs without a pad token
+    assert load_pretrained(bert_dir).config.pad_token_id == 0
+    vit = tmp_path / "vit"
+    hf_vit().save_pretrained(vit)
+    edit_config(vit, image_size=[32, 32], patch_size=[8, 8])
+    assert load_pretrained(vit).config.image_size == 32
+    edit_config(vit, image_size=[32, 16])
+    with pytest.raises(PretrainedError, match=r"config.json: image_size must be square"):
+        load_pretrained(vit)
+    edit_config(vit, image_size=32, qkv_bias="false")
+    with pytest.raises(PretrainedError, match="qkv_bias must be a bool, got 'false'"):
+        load_pretrained(vit)
+
+
+def test_pickles_must_hold_only_tensors_by_name(bert_dir):
+    state: dict = load_file(bert_dir / "model.safetensors")
+    (bert_dir / "model.safetensors").unlink()
+    state["embeddings.LayerNorm.weight"] = [1.0] * 32
+    torch.save(state, bert_dir / "pytorch_model.bin")
+    with pytest.raises(PretrainedError, match=r"expected a dict of str -> tensor, got "
+                       r"'embeddings.LayerNorm.weight': list"):  # fmt: skip
+        load_pretrained(bert_dir, allow_pickle=True)
+
+
+def test_a_key_with_and_without_the_task_prefix_is_ambiguous(bert_dir):
+    def edit(state):
+        state["bert.pooler.dense.bias"] = torch.zeros(32)
+
+    edit_weights(bert_dir, edit)
+    with pytest.raises(PretrainedError, match="both .* would be pooler.dense.bias"):
         load_pretrained(bert_dir)

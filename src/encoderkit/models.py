@@ -28,8 +28,9 @@ class Pooler(nn.Module):
         self.dense = nn.Linear(d_model, d_model)
         init_weights(self.dense)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.dense(hidden[:, 0]))  # (B, T, D) -> (B, D)
+    def forward(self, first: torch.Tensor) -> torch.Tensor:
+        """``first``: each sequence's [CLS] state, (B, D) -> (B, D)."""
+        return torch.tanh(self.dense(first))
 
 
 class TextEncoder(nn.Module):
@@ -65,9 +66,17 @@ class TextEncoder(nn.Module):
         x = self.embeddings(input_ids, token_type_ids)  # (B, T) -> (B, T, D)
         return self.encoder(x, attention_mask)
 
-    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The pooled [CLS] representation (B, D): BERT's pooler when the model has one."""
-        return hidden[:, 0] if self.pooler is None else self.pooler(hidden)
+    def pool(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The pooled [CLS] representation (B, D): BERT's pooler when the model has one.
+
+        With ``attention_mask``, [CLS] is each sequence's first real token, so left-padded
+        batches pool what right-padded ones do (see :func:`pool_tokens`); a sequence with no
+        real token pools 0, which the pooler maps to tanh(b).
+        """
+        first = pool_tokens(hidden, "cls", attention_mask)  # (B, T, D) -> (B, D)
+        return first if self.pooler is None else self.pooler(first)
 
 
 class VisionEncoder(nn.Module):
@@ -91,7 +100,8 @@ class VisionEncoder(nn.Module):
         return self.encoder(self.embeddings(pixels))  # (B, C, H, W) -> (B, 1 + N, D)
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden[:, 0] if self.pooler is None else self.pooler(hidden)
+        first = hidden[:, 0]  # the class token: (B, 1 + N, D) -> (B, D)
+        return first if self.pooler is None else self.pooler(first)
 
 
 def pool_tokens(
@@ -99,17 +109,23 @@ def pool_tokens(
 ) -> torch.Tensor:
     """One vector per sequence: (B, T, D) -> (B, D).
 
-    "cls" takes the first token; "mean" averages the real tokens only (a sequence with none
-    gives 0).
+    "cls" takes the first token, or with ``attention_mask`` the first real one, so that
+    left- and right-padded batches agree; "mean" averages the real tokens only. A sequence
+    with no real token pools to 0 either way (for "cls", not whatever its padding holds).
     """
     check_choice("pooling", pooling, ("cls", "mean"))
-    if pooling == "cls":
-        return hidden[:, 0]
     if attention_mask is None:
-        return hidden.mean(dim=1)
-    B, T, _ = hidden.shape
-    real = padding_mask_bool(attention_mask, B, T)[..., None].to(hidden.dtype)  # (B, T, 1)
-    return (hidden * real).sum(dim=1) / real.sum(dim=1).clamp_min(1.0)
+        return hidden[:, 0] if pooling == "cls" else hidden.mean(dim=1)
+    B, T, D = hidden.shape
+    real = padding_mask_bool(attention_mask, B, T)  # (B, T)
+    if pooling == "cls":
+        # argmax finds the first maximum: the first real token, or 0 in an all-padding row;
+        # no host sync, so the forward stays traceable.
+        first = real.to(torch.uint8).argmax(dim=1)  # (B,)
+        picked = hidden.gather(1, first[:, None, None].expand(B, 1, D))[:, 0]  # -> (B, D)
+        return torch.where(real.any(dim=1, keepdim=True), picked, torch.zeros_like(picked))
+    weight = real[..., None].to(hidden.dtype)  # (B, T, 1)
+    return (hidden * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)
 
 
 class ClassificationHead(nn.Module):
@@ -144,7 +160,7 @@ class SequenceClassifier(nn.Module):
     ) -> torch.Tensor:
         hidden = self.encoder(input_ids, attention_mask, token_type_ids)
         if self.pooling == "cls":
-            pooled = self.encoder.pool(hidden)
+            pooled = self.encoder.pool(hidden, attention_mask)
         else:
             pooled = pool_tokens(hidden, "mean", attention_mask)
         return self.head(pooled)

@@ -6,19 +6,27 @@ concatenated along dim 0, which fuses separate W^Q, W^K, W^V into our one ``qkv`
 strict: every source tensor is used or deliberately dropped, every parameter of ours is filled,
 shapes and dtypes are checked and values must be finite, and any disagreement raises one error
 that lists the offending keys before the model is touched. Export runs the same map backwards.
+
+The config is checked against the weights before anything is allocated: config.json is a few
+bytes that can ask for any size, so its values are type-checked, its layer count is compared with
+the layers the weights hold, and the shape of every source tensor (read from the safetensors
+header, without the data) is compared with the shape our model, built on the meta device, expects.
+Only then are tensors read and the real model built, so memory follows the file, not the config.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from encoderkit.config import TextConfig, VisionConfig
@@ -147,8 +155,8 @@ def load_pretrained(path: str | Path, *, allow_pickle: bool = False) -> TextEnco
         raise PretrainedError(
             f"expected a model directory, got {str(directory)!r}: not a directory"
         )
+    source = str(directory)
     hf = read_config(directory / CONFIG)
-    state = read_weights(directory, allow_pickle=allow_pickle)
     model_type = hf.get("model_type")
     if model_type == "bert":
         keymap: KeyMap = BERT
@@ -158,14 +166,23 @@ def load_pretrained(path: str | Path, *, allow_pickle: bool = False) -> TextEnco
         raise PretrainedError(
             f"{directory / CONFIG}: model_type must be 'bert' or 'vit', got {model_type!r}"
         )
-    state = _strip_prefix(state, keymap.model_prefix)
-    config = config_from_hf(hf, has_pooler="pooler.dense.weight" in state)
-    model: TextEncoder | VisionEncoder = (
-        TextEncoder(config) if isinstance(config, TextConfig) else VisionEncoder(config)
-    )
-    ours = map_state(state, keymap, model.state_dict(), config.n_layers, source=str(directory))
+    weights = open_weights(directory, keymap.model_prefix, allow_pickle=allow_pickle)
+    config = config_from_hf(hf, has_pooler="pooler.dense.weight" in weights.specs)
+    check_layer_count(weights.specs, keymap, config.n_layers, source)
+    try:
+        with torch.device("meta"):  # shapes only: nothing is allocated for what the config asks
+            skeleton = _build(config)
+    except RuntimeError as e:  # sizes whose product overflows int64, say
+        raise PretrainedError(f"{source}: config.json asks sizes no tensor can have ({e})") from e
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    ours = map_state(weights, keymap, expected, config.n_layers, source)
+    model = _build(config)  # every shape now agrees with the file: memory follows the file
     model.load_state_dict(ours, strict=True)
     return model.eval()
+
+
+def _build(config: TextConfig | VisionConfig) -> TextEncoder | VisionEncoder:
+    return TextEncoder(config) if isinstance(config, TextConfig) else VisionEncoder(config)
 
 
 def save_pretrained(model: TextEncoder | VisionEncoder, path: str | Path) -> Path:
@@ -197,14 +214,85 @@ def read_config(path: Path) -> dict[str, Any]:
         raise PretrainedError(f"expected {path.name} in {path.parent}, found none")
     try:
         hf = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise PretrainedError(f"{path}: not UTF-8 text ({e})") from e
+    except json.JSONDecodeError as e:
         raise PretrainedError(f"{path}: not valid JSON ({e})") from e
+    except OSError as e:
+        raise PretrainedError(f"{path}: could not be read ({e})") from e
     if not isinstance(hf, dict):
         raise PretrainedError(f"{path}: expected a JSON object, got {type(hf).__name__}")
     return hf
 
 
+class TensorSpec(NamedTuple):
+    """What a checkpoint's header says of a tensor, known before its data is read."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype | str  # a str when torch has no such dtype
+
+
+# safetensors' dtype names -> torch's, to check dtypes from the header; others stay names.
+_SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
+
+
+def _is_floating(dtype: torch.dtype | str) -> bool:
+    return isinstance(dtype, torch.dtype) and dtype.is_floating_point
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A checkpoint's tensors by our-side name (task-model prefix stripped): shapes and dtypes
+    up front, data read on demand, so the config can be checked before anything is allocated."""
+
+    path: Path
+    specs: dict[str, TensorSpec]
+    names: dict[str, str]  # our-side name -> name in the file
+    tensors: dict[str, torch.Tensor] | None = None  # a pickle is read whole; safetensors lazily
+
+    def read(self, keys: Iterable[str]) -> dict[str, torch.Tensor]:
+        if self.tensors is not None:
+            return {k: self.tensors[self.names[k]] for k in keys}
+        try:
+            with safe_open(str(self.path), framework="pt", device="cpu") as f:
+                return {k: f.get_tensor(self.names[k]) for k in keys}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise PretrainedError(f"{self.path}: not a readable safetensors file ({e})") from e
+
+
+def open_weights(directory: Path, prefix: str, *, allow_pickle: bool) -> Weights:
+    """The checkpoint in ``directory``: ``model.safetensors``'s header only, or the whole
+    ``pytorch_model.bin`` (a pickle has no header) when ``allow_pickle``."""
+    weights = directory / WEIGHTS
+    if weights.is_file():
+        try:
+            with safe_open(str(weights), framework="pt", device="cpu") as f:
+                header = {}
+                for key in f.keys():
+                    part = f.get_slice(key)
+                    dtype = part.get_dtype()
+                    header[key] = TensorSpec(
+                        tuple(part.get_shape()), _SAFETENSORS_DTYPES.get(dtype, dtype)
+                    )
+        except (SafetensorError, OSError, ValueError) as e:
+            raise PretrainedError(f"{weights}: not a readable safetensors file ({e})") from e
+        names = _strip_prefix(header, prefix, weights)
+        return Weights(weights, {k: header[n] for k, n in names.items()}, names)
+    state = read_weights(directory, allow_pickle=allow_pickle)
+    pickled = directory / PICKLED
+    names = _strip_prefix(state, prefix, pickled)
+    specs = {k: TensorSpec(tuple(state[n].shape), state[n].dtype) for k, n in names.items()}
+    return Weights(pickled, specs, names, state)
+
+
 def read_weights(directory: Path, *, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    """All tensors of ``directory``'s checkpoint, read whole (``load_pretrained`` reads the
+    safetensors header first, through :func:`open_weights`)."""
     weights, pickled = directory / WEIGHTS, directory / PICKLED
     if weights.is_file():
         try:
@@ -231,58 +319,104 @@ def read_weights(directory: Path, *, allow_pickle: bool) -> dict[str, torch.Tens
             raise PretrainedError(
                 f"{pickled}: expected a dict of tensors, got {type(state).__name__}"
             )
+        odd = [
+            f"{k!r}: {type(v).__name__}"
+            for k, v in state.items()
+            if not (isinstance(k, str) and isinstance(v, torch.Tensor))
+        ]
+        if odd:
+            raise PretrainedError(
+                f"{pickled}: expected a dict of str -> tensor, got {', '.join(odd[:5])}"
+                + (f" and {len(odd) - 5} more" if len(odd) > 5 else "")
+            )
         return state
     raise PretrainedError(f"expected {WEIGHTS} in {directory}, found none")
 
 
-def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """Task models (BertForSequenceClassification, ...) keep the encoder under ``bert.``."""
-    if any(k.startswith(prefix) for k in state):
-        return {k.removeprefix(prefix): v for k, v in state.items()}
-    return state
+def _strip_prefix(keys: Iterable[str], prefix: str, path: Path) -> dict[str, str]:
+    """Our-side name -> name in the file. Task models (BertForSequenceClassification, ...)
+    keep the encoder under ``bert.``."""
+    keys = list(keys)
+    if not any(k.startswith(prefix) for k in keys):
+        return {k: k for k in keys}
+    names: dict[str, str] = {}
+    for key in keys:
+        short = key.removeprefix(prefix)
+        if short in names:
+            raise PretrainedError(f"{path}: both {names[short]} and {key} would be {short}")
+        names[short] = key
+    return names
+
+
+def check_layer_count(
+    specs: dict[str, TensorSpec], keymap: KeyMap, n_layers: int, source: str
+) -> None:
+    """Refuse a config that asks more layers than the weights hold, before a model of that many
+    layers is built (even on the meta device, each layer costs time)."""
+    pattern = re.compile(rf"{re.escape(keymap.layer_prefix)}\.(\d+)\.")
+    present = sorted({int(m.group(1)) for k in specs if (m := pattern.match(k))})
+    if n_layers > len(present):
+        held = f": {keymap.layer_prefix}.{{{present[0]}..{present[-1]}}}" if present else ""
+        raise PretrainedError(
+            f"{source}: config.json asks num_hidden_layers={n_layers}, but the weights hold "
+            f"{len(present)} layers{held}"
+        )
 
 
 def map_state(
-    state: dict[str, torch.Tensor],
+    weights: Weights,
     keymap: KeyMap,
-    expected: dict[str, torch.Tensor],
+    expected: dict[str, tuple[int, ...]],
     n_layers: int,
     source: str,
 ) -> dict[str, torch.Tensor]:
-    """Build our state dict from theirs, or raise one error naming every offending key."""
+    """Build our state dict from theirs, or raise one error naming every offending key.
+
+    Every source tensor's shape and dtype is checked against ``expected`` (our shapes, from
+    the config) before any data is read or concatenated: of n sources concatenated on dim 0,
+    each must be our shape with dim 0 divided by n. Data is read only for the tensors whose
+    shapes fit, so what is read never exceeds what the file holds.
+    """
     problems: list[str] = []
-    ours: dict[str, torch.Tensor] = {}
+    plan: dict[str, tuple[str, ...]] = {}
     used: set[str] = set()
     for our_key, sources in keymap.expand(n_layers).items():
         if our_key not in expected:
             continue  # an optional part we did not build (the pooler)
-        used.update(s for s in sources if s in state)
-        absent = [s for s in sources if s not in state]
+        used.update(s for s in sources if s in weights.specs)
+        absent = [s for s in sources if s not in weights.specs]
         if absent:
             problems.append(f"missing {', '.join(absent)} (for {our_key})")
             continue
-        tensor = (
-            torch.cat([state[s] for s in sources], dim=0) if len(sources) > 1 else state[sources[0]]
-        )
         want = expected[our_key]
-        if tuple(tensor.shape) != tuple(want.shape):
-            problems.append(
-                f"shape of {' + '.join(sources)}: expected {tuple(want.shape)} for {our_key}, "
-                f"got {tuple(tensor.shape)}"
-            )
-        elif not tensor.is_floating_point():
-            problems.append(
-                f"dtype of {' + '.join(sources)}: expected floating, got {tensor.dtype}"
-            )
-        elif not torch.isfinite(tensor).all():
-            problems.append(f"values of {' + '.join(sources)}: not all finite")
-        ours[our_key] = tensor
+        n = len(sources)
+        part = want if n == 1 else (want[0] // n, *want[1:])  # (3D, D) -> 3 x (D, D)
+        whole = f"{our_key}" if n == 1 else f"{our_key} {want}, 1/{n} each"
+        fits = True
+        for s in sources:
+            shape, dtype = weights.specs[s]
+            if shape != part:
+                problems.append(f"shape of {s}: expected {part} for {whole}, got {shape}")
+                fits = False
+            elif not _is_floating(dtype):
+                problems.append(
+                    f"dtype of {s}: expected floating for {whole}, got {dtype} (shape {shape})"
+                )
+                fits = False
+        if fits:
+            plan[our_key] = sources
     dropped = {
-        k for k in state if k not in used and any(re.fullmatch(p, k) for p in keymap.dropped)
+        k
+        for k in weights.specs
+        if k not in used and any(re.fullmatch(p, k) for p in keymap.dropped)
     }
-    unused = sorted(set(state) - used - dropped)
+    unused = sorted(set(weights.specs) - used - dropped)
     if unused:
         problems.append(f"unexpected keys, used by nothing: {', '.join(unused)}")
+    tensors = weights.read(s for sources in plan.values() for s in sources)
+    problems += [
+        f"values of {k}: not all finite" for k, t in tensors.items() if not t.isfinite().all()
+    ]
     if problems:
         raise PretrainedError(
             f"{source}: the weights do not match the config:\n  " + "\n  ".join(problems)
@@ -294,69 +428,105 @@ def map_state(
             len(dropped),
             ", ".join(sorted(dropped)),
         )
-    return ours
+    return {
+        our_key: torch.cat([tensors[s] for s in sources], dim=0)
+        if len(sources) > 1
+        else tensors[sources[0]]
+        for our_key, sources in plan.items()
+    }
+
+
+_REQUIRED: Any = object()
+
+
+def _int_field(hf: dict[str, Any], key: str, default: Any = _REQUIRED, minimum: int = 1) -> int:
+    """An int from config.json, checked here so that the error names config.json's field."""
+    if key not in hf:
+        if default is _REQUIRED:
+            raise PretrainedError(f"config.json lacks {key!r}, which the architecture needs")
+        return int(default)
+    value = hf[key]
+    if isinstance(value, (list, tuple)) and key in ("image_size", "patch_size"):
+        if len(value) != 2 or value[0] != value[1]:
+            raise PretrainedError(f"config.json: {key} must be square, got {value!r}")
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise PretrainedError(f"config.json: {key} must be {kind}, got {value!r}")
+    return value
+
+
+def _float_field(hf: dict[str, Any], key: str, default: float, *, probability: bool) -> float:
+    """A finite float from config.json: a dropout rate in [0, 1), or a positive epsilon."""
+    value = hf.get(key, default)
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if probability and not (ok and 0 <= value < 1):
+        raise PretrainedError(f"config.json: {key} must be a float in [0, 1), got {value!r}")
+    if not probability and not (ok and value > 0):
+        raise PretrainedError(f"config.json: {key} must be a finite float > 0, got {value!r}")
+    return float(value)
 
 
 def config_from_hf(hf: dict[str, Any], *, has_pooler: bool) -> TextConfig | VisionConfig:
-    """Our config from a Hugging Face config.json, with Hugging Face's defaults for absent keys."""
+    """Our config from a Hugging Face config.json, with Hugging Face's defaults for absent keys.
 
-    def need(key: str) -> Any:
-        if key not in hf:
-            raise PretrainedError(f"config.json lacks {key!r}, which the architecture needs")
-        return hf[key]
-
+    Each value is type- and range-checked here, so that the error names config.json's field;
+    whether the sizes agree with the weights is :func:`map_state`'s to check.
+    """
     act = hf.get("hidden_act", "gelu")
-    if act not in HF_ACTIVATIONS:
-        raise PretrainedError(f"hidden_act must be one of {sorted(HF_ACTIVATIONS)}, got {act!r}")
+    if not isinstance(act, str) or act not in HF_ACTIVATIONS:
+        raise PretrainedError(
+            f"config.json: hidden_act must be one of {sorted(HF_ACTIVATIONS)}, got {act!r}"
+        )
+    bert = hf["model_type"] == "bert"
     common: dict[str, Any] = {
-        "d_model": need("hidden_size"),
-        "n_heads": need("num_attention_heads"),
-        "d_ff": need("intermediate_size"),
-        "n_layers": need("num_hidden_layers"),
+        "d_model": _int_field(hf, "hidden_size"),
+        "n_heads": _int_field(hf, "num_attention_heads"),
+        "d_ff": _int_field(hf, "intermediate_size"),
+        "n_layers": _int_field(hf, "num_hidden_layers"),
         "activation": HF_ACTIVATIONS[act],
-        "layer_norm_eps": hf.get("layer_norm_eps", 1e-12),
+        "layer_norm_eps": _float_field(hf, "layer_norm_eps", 1e-12, probability=False),
+        "dropout": _float_field(hf, "hidden_dropout_prob", 0.1 if bert else 0.0, probability=True),
+        "attention_dropout": _float_field(
+            hf, "attention_probs_dropout_prob", 0.1 if bert else 0.0, probability=True
+        ),
         "pooler": has_pooler,
     }
     try:
-        if hf["model_type"] == "bert":
+        if bert:
             if hf.get("position_embedding_type", "absolute") != "absolute":
                 raise PretrainedError(
-                    f"position_embedding_type must be 'absolute', got "
+                    f"config.json: position_embedding_type must be 'absolute', got "
                     f"{hf['position_embedding_type']!r}"
                 )
+            # Hugging Face writes "pad_token_id": null for models without one; ours is then 0.
+            pad = 0 if hf.get("pad_token_id") is None else _int_field(hf, "pad_token_id", 0, 0)
             return TextConfig(
                 **common,
                 norm_first=False,
-                dropout=hf.get("hidden_dropout_prob", 0.1),
-                attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
-                vocab_size=need("vocab_size"),
-                max_positions=hf.get("max_position_embeddings", 512),
-                type_vocab_size=hf.get("type_vocab_size", 2),
-                pad_token_id=hf.get("pad_token_id", 0) or 0,
+                vocab_size=_int_field(hf, "vocab_size"),
+                max_positions=_int_field(hf, "max_position_embeddings", 512),
+                type_vocab_size=_int_field(hf, "type_vocab_size", 2, 0),
+                pad_token_id=pad,
             )
-        if not hf.get("qkv_bias", True):
-            raise PretrainedError("qkv_bias=false ViTs are not supported: our qkv has a bias")
+        qkv_bias = hf.get("qkv_bias", True)
+        if not isinstance(qkv_bias, bool):
+            raise PretrainedError(f"config.json: qkv_bias must be a bool, got {qkv_bias!r}")
+        if not qkv_bias:
+            raise PretrainedError(
+                "config.json: qkv_bias=false ViTs are not supported: our qkv has a bias"
+            )
         return VisionConfig(
             **common,
             norm_first=True,
-            dropout=hf.get("hidden_dropout_prob", 0.0),
-            attention_dropout=hf.get("attention_probs_dropout_prob", 0.0),
-            image_size=_square(hf.get("image_size", 224), "image_size"),
-            patch_size=_square(hf.get("patch_size", 16), "patch_size"),
-            num_channels=hf.get("num_channels", 3),
+            image_size=_int_field(hf, "image_size", 224),
+            patch_size=_int_field(hf, "patch_size", 16),
+            num_channels=_int_field(hf, "num_channels", 3),
         )
     except (TypeError, ValueError) as e:
         if isinstance(e, PretrainedError):
             raise
         raise PretrainedError(f"config.json does not describe a valid model: {e}") from e
-
-
-def _square(value: Any, name: str) -> Any:
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2 or value[0] != value[1]:
-            raise PretrainedError(f"{name} must be square, got {value!r}")
-        return value[0]
-    return value
 
 
 def config_to_hf(config: TextConfig | VisionConfig) -> dict[str, Any]:
