@@ -3,8 +3,10 @@ and a state file read back without unpickling arbitrary objects."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -255,3 +257,131 @@ def test_state_pt_is_loaded_with_weights_only(tmp_path):
     with pytest.raises(CheckpointError, match="state.pt holds objects that are not allowed"):
         load_checkpoint(path)
     assert UNPICKLED == []
+
+
+def rehash(path: Path) -> None:
+    """Make the manifest match the files as they are now: damage the hashes cannot see."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["sha256"] = {name: sha256(path / name) for name in FILES}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def flip_a_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, caplog):
+    for step in (1, 2, 3):
+        save(tmp_path, step, keep_last=5)
+    root = tmp_path / "checkpoints"
+    flip_a_bit(root / "step-00000003" / "model.safetensors")
+    with caplog.at_level(logging.WARNING, logger="encoderkit.checkpoint"):
+        assert latest_checkpoint(tmp_path) == root / "step-00000002"
+    assert "skipping the corrupt checkpoint step-00000003: " in caplog.text
+    assert "model.safetensors does not match its SHA-256" in caplog.text
+    assert "using step-00000002, the newest intact checkpoint" in caplog.text
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000001", "step-00000002"]
+    assert len(list_checkpoints(tmp_path, verify=False)) == 3  # cheap: nothing hashed
+    for step in (1, 2):
+        flip_a_bit(root / f"step-{step:08d}" / "state.pt")
+    with pytest.raises(CheckpointError, match=r"no valid checkpoint found in .*checkpoints "
+                       r"\(corrupt: step-00000003, step-00000002, step-00000001\)"):  # fmt: skip
+        latest_checkpoint(tmp_path)
+
+
+def test_a_checkpoint_copied_under_another_step_is_not_that_step(tmp_path):
+    save(tmp_path, 2)
+    root = tmp_path / "checkpoints"
+    shutil.copytree(root / "step-00000002", root / "step-00000009")
+    assert latest_checkpoint(tmp_path) == root / "step-00000002"
+    with pytest.raises(CheckpointError, match="manifest.json is for step 2, not step 9"):
+        load_checkpoint(root / "step-00000009")
+
+
+@pytest.mark.parametrize(
+    "name", ["step-00000400.bak", "step-400", "step-000000400", "step-0000040x"]
+)
+def test_names_that_are_not_exactly_step_nnnnnnnn_are_ignored(tmp_path, name):
+    save(tmp_path, 2)
+    root = tmp_path / "checkpoints"
+    shutil.copytree(root / "step-00000002", root / name)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000002"]
+    assert latest_checkpoint(tmp_path) == root / "step-00000002"
+    save(tmp_path, 3, keep_last=1)  # retention never touches what is not a checkpoint
+    assert names(tmp_path) == sorted([name, "step-00000003"])
+
+
+def test_directories_left_by_an_interrupted_removal_are_cleaned_up_by_the_next_save(tmp_path):
+    for step in (1, 2):
+        save(tmp_path, step, keep_last=5)
+    root = tmp_path / "checkpoints"
+    (root / "step-00000000").mkdir()  # rmtree killed when only the directory was left
+    (root / "step-00000005").mkdir()
+    (root / "step-00000005" / "state.pt").write_bytes(b"partly removed")
+    save(tmp_path, 3, keep_last=5)
+    assert names(tmp_path) == ["step-00000001", "step-00000002", "step-00000003"]
+
+
+def test_retention_never_lets_a_corrupt_checkpoint_push_out_an_intact_one(tmp_path):
+    for step in (1, 2):
+        save(tmp_path, step, keep_last=2)
+    flip_a_bit(tmp_path / "checkpoints" / "step-00000002" / "meta.json")
+    save(tmp_path, 3, keep_last=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000001", "step-00000003"]
+
+
+def test_a_corrupt_checkpoint_of_the_same_step_is_written_again(tmp_path):
+    path = save(tmp_path, 3)
+    flip_a_bit(path / "model.safetensors")
+    save_checkpoint(tmp_path, 3, {"w": torch.full((2,), 7.0)}, {}, {})
+    weights, _, _ = load_checkpoint(path)
+    assert torch.equal(weights["w"], torch.full((2,), 7.0))
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "message"),
+    [
+        ("model.safetensors", lambda b: b[:-3], r"model.safetensors: truncated or padded"),
+        (
+            "model.safetensors",
+            lambda b: b[:5],
+            r"model.safetensors: truncated or not a safetensors",
+        ),
+        ("model.safetensors", lambda b: b + b"\0", r"model.safetensors: truncated or padded"),
+        ("state.pt", lambda b: b[: len(b) // 2], "state.pt cannot be read"),
+        ("meta.json", lambda b: b[:-4], "meta.json is not valid JSON"),
+        ("meta.json", lambda b: b"[1, 2]", r"meta.json must hold an object, got \[1, 2\]"),
+    ],
+)
+def test_damage_behind_a_matching_manifest_is_a_checkpoint_error(tmp_path, name, damage, message):
+    path = save_checkpoint(tmp_path, 1, make_weights(), make_state(), {"loss": 1.0})
+    (path / name).write_bytes(damage((path / name).read_bytes()))
+    rehash(path)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+def test_a_failed_save_removes_its_temporary_directory_and_names_the_last_intact_one(
+    tmp_path, monkeypatch
+):
+    import encoderkit.checkpoint as ck
+
+    save(tmp_path, 1)
+
+    def full(state, path):
+        Path(path).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck.torch, "save", full)
+    intact = re.escape(str(tmp_path / "checkpoints" / "step-00000001"))
+    full_disk = r"cannot save the checkpoint of step 2 in .*: no space left on device; "
+    with pytest.raises(
+        CheckpointError, match=full_disk + rf"the last intact checkpoint is {intact}$"
+    ):
+        save(tmp_path, 2)
+    assert names(tmp_path) == ["step-00000001"]
+    with pytest.raises(CheckpointError, match="no intact checkpoint has been saved yet"):
+        save(tmp_path / "other", 1)
+    assert list((tmp_path / "other" / "checkpoints").iterdir()) == []

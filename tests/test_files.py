@@ -38,3 +38,15 @@ def test_files_get_the_usual_permissions(tmp_path):
     target = atomic_write_text(tmp_path / "atomic.txt", "x")
     assert target.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
     assert os.access(target, os.R_OK)
+
+
+def test_describe_os_error_gives_the_reason_in_words():
+    import errno
+
+    from encoderkit.files import describe_os_error
+
+    assert describe_os_error(OSError(errno.ENOSPC, "No space left on device")) == (
+        "no space left on device"
+    )
+    assert describe_os_error(PermissionError(errno.EACCES, "x", "/a")) == "permission denied"
+    assert describe_os_error(OSError("no errno")) == "no errno"

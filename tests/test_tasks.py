@@ -220,3 +220,73 @@ def test_prepare_inputs_text_encodes_like_training():
     assert torch.equal(ids, want_ids) and torch.equal(mask, want_mask)
     assert ids.shape == (2, 6) and (ids[:, 0] == CLS).all() and ids[1, -1] == SEP
     assert mask[1].all() and not mask[0].all()
+
+
+def shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("task", ["digits", "listops"])
+def test_build_model_is_build_task_s_model_without_the_data(task, monkeypatch):
+    if task == "digits":
+        pytest.importorskip("sklearn", reason="the digits task reads scikit-learn's digits")
+    from encoderkit.tasks import build_model, model_config
+
+    cfg = TrainConfig(task=task, seed=4, **TINY, **LISTOPS)
+    torch.manual_seed(0)
+    want = build_task(cfg).model
+    monkeypatch.setattr(listops, "generate", lambda *a, **k: pytest.fail("data generated"))
+    import encoderkit.data.digits
+
+    monkeypatch.setattr(encoderkit.data.digits, "load_digits_split", lambda **k: pytest.fail())
+    torch.manual_seed(0)
+    got = build_model(cfg, 10)
+    assert type(got) is type(want) and got.encoder.config == want.encoder.config
+    assert model_config(cfg) == want.encoder.config
+    assert all(torch.equal(v, want.state_dict()[k]) for k, v in got.state_dict().items())
+
+
+def test_load_test_split_generates_only_the_listops_test_split(monkeypatch):
+    from encoderkit.tasks import load_test_split
+
+    cfg = TrainConfig(task="listops", seed=2, listops_train_size=10**8, listops_test_size=10,
+                      listops_max_length=24)  # fmt: skip
+    sizes = []
+    real = listops.generate
+
+    def counted(n, **kwargs):
+        sizes.append(n)
+        return real(n, **kwargs)
+
+    monkeypatch.setattr(listops, "generate", counted)
+    test = load_test_split(cfg)
+    assert sizes == [10]
+    want = listops.encode(real(10, max_length=24, seed=3), 24)
+    assert all(torch.equal(a, b) for a, b in zip(test, want, strict=True))
+
+
+def test_minilm_run_model_is_built_from_its_config_without_its_weights(reviews, monkeypatch):
+    needs_minilm()
+    import encoderkit.pretrained
+    from encoderkit.tasks import build_model, model_config
+
+    cfg = TrainConfig(task="text", data=str(reviews), init="all-MiniLM-L6-v2", dropout=0.0,
+                      text_max_length=16)  # fmt: skip
+    want = build_task(cfg).model
+    monkeypatch.setattr(
+        encoderkit.pretrained, "load_pretrained", lambda *a: pytest.fail("weights loaded")
+    )
+    assert model_config(cfg) == want.encoder.config
+    with torch.device("meta"):
+        assert shapes(build_model(cfg, 3)) == shapes(want)
+    too_long = dataclasses.replace(cfg, text_max_length=1000)
+    with pytest.raises(ValueError, match="text_max_length must be at most all-MiniLM-L6-v2's"):
+        model_config(too_long)
+
+
+def test_text_run_model_from_scratch_takes_the_tokenizer_s_vocabulary():
+    needs_minilm()
+    from encoderkit.tasks import model_config
+
+    config = model_config(TrainConfig(task="text", text_max_length=8, **TINY))
+    assert config.vocab_size == text_tokenizer(8).get_vocab_size() and config.max_positions == 8

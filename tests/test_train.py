@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import itertools
 import json
+import logging
 import math
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,11 +20,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from encoderkit.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from encoderkit.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+)
 from encoderkit.train import (
     NonFiniteError,
+    RunError,
     TrainConfig,
     learning_rate,
+    load_run_model,
     resume_config,
     train,
 )
@@ -275,3 +287,438 @@ def test_a_two_process_run_resumes_in_one_process(tmp_path):
     _run("--out", str(tmp_path / "moved"), *TORCHRUN_COMMON, "--stop-at-step", "4", nproc=2)
     _run("--resume", str(tmp_path / "moved"), "--stop-at-step", "none", "--no-progress")
     _same_run(tmp_path / "one", tmp_path / "moved")
+
+
+# --- Nothing lost, nothing stuck: run directories, interruptions, failed writes, run models ---
+
+TINY = {"n_layers": 1, "d_model": 16, "n_heads": 2, "d_ff": 32, "batch_size": 32,
+        "progress": False, "eval_every": 2, "checkpoint_every": 2, "max_steps": 4}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A finished tiny digits run (checkpoints at steps 2 and 4), copied by ``tiny_run``."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    train(TrainConfig(out=str(run), **TINY))
+    return run
+
+
+@pytest.fixture
+def tiny_run(trained, tmp_path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    return run
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
+    }
+
+
+def rehash(checkpoint: Path) -> None:
+    """Rewrite a checkpoint's manifest to match its files as they are now."""
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    for name in manifest["sha256"]:
+        manifest["sha256"][name] = hashlib.sha256((checkpoint / name).read_bytes()).hexdigest()
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+
+
+def edit_config(run: Path, **changes) -> None:
+    saved = json.loads((run / "config.json").read_text())
+    saved["config"].update(changes)
+    (run / "config.json").write_text(json.dumps(saved))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error", "message"),
+    [
+        ("lr", math.inf, ValueError, "lr must be a finite float > 0, got inf"),
+        ("lr", math.nan, ValueError, "lr must be a finite float > 0, got nan"),
+        ("weight_decay", math.nan, ValueError, "weight_decay must be a finite float >= 0, got nan"),
+        ("weight_decay", math.inf, ValueError, "weight_decay must be a finite float >= 0, got inf"),
+        ("clip_grad_norm", math.inf, ValueError, "clip_grad_norm must be a finite float > 0"),
+        ("clip_grad_norm", math.nan, ValueError, "clip_grad_norm must be a finite float > 0"),
+        ("progress", "no", TypeError, r"progress must be bool, got 'no' \(str\)"),
+        ("epochs", "5", TypeError, r"epochs must be int, got '5' \(str\)"),
+        ("epochs", True, TypeError, r"epochs must be int, got True \(bool\)"),
+        ("max_steps", 3.0, TypeError, r"max_steps must be int or None, got 3.0 \(float\)"),
+        ("lr", "fast", TypeError, r"lr must be float, got 'fast' \(str\)"),
+        ("lr", False, TypeError, r"lr must be float, got False \(bool\)"),
+        ("clip_grad_norm", "1", TypeError, r"clip_grad_norm must be float or None, got '1'"),
+        ("out", 5, TypeError, r"out must be str, got 5 \(int\)"),
+    ],
+)
+def test_train_config_checks_every_field_type_and_finite_floats(field, value, error, message):
+    with pytest.raises(error, match=message):
+        TrainConfig(**{field: value})
+    # and what fits is taken: an int for a float, None for an optional
+    cfg = TrainConfig(lr=1, weight_decay=0, clip_grad_norm=None, max_steps=None, dropout=0)
+    assert cfg.lr == 1 and cfg.clip_grad_norm is None
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('progress = "no"', r"progress must be bool, got 'no' \(str\)"),
+        ('epochs = "5"', r"epochs must be int, got '5' \(str\)"),
+        ('lr = "fast"', r"lr must be float, got 'fast' \(str\)"),
+        ("lr = inf", "lr must be a finite float > 0, got inf"),
+    ],
+)
+def test_a_toml_field_of_the_wrong_type_is_refused_naming_the_file(tmp_path, line, message):
+    from encoderkit.cli import build_parser, main, train_config
+
+    config = tmp_path / "run.toml"
+    config.write_text(line + "\n")
+    args = build_parser().parse_args(["train", "--config", str(config)])
+    with pytest.raises((TypeError, ValueError), match=message):
+        train_config(args)
+    with pytest.raises(SystemExit, match=rf"encoderkit train: .*{message}"):
+        main(["train", "--config", str(config), "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_interrupted_run_reports_none_for_what_it_never_measured(tmp_path, capsys):
+    from encoderkit.cli import main
+
+    run = tmp_path / "run"
+    results = train(TrainConfig(out=str(run), stop_at_step=1, **TINY))
+    assert results["steps"] == 1 and results["stopped"] == "stop_at_step=1"
+    assert results["test_accuracy"] is None and results["best_accuracy"] is None
+    assert results["best_step"] is None
+    saved = json.loads((run / "results.json").read_text())
+    assert saved["test_accuracy"] is None and saved["best_accuracy"] is None
+    _, state, _ = load_checkpoint(latest_checkpoint(run))
+    assert state["progress"]["accuracy"] is None and state["progress"]["best_accuracy"] is None
+    args = ["train", "--out", str(tmp_path / "cli"), "--stop-at-step", "1", "--max-steps", "4",
+            "--n-layers", "1", "--eval-every", "2", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy n/a (not evaluated yet) after 1 steps" in out
+    assert json.loads(out.splitlines()[-1])["best_accuracy"] is None
+    # resumed, it measures and reports numbers
+    assert train(resume_config(run, {"stop_at_step": None}), resume=True)["best_accuracy"] > 0
+
+
+def test_a_directory_that_is_not_a_run_is_refused_and_left_untouched(tmp_path):
+    model = tmp_path / "minilm"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "bert", "hidden_size": 384}\n')
+    (model / "model.safetensors").write_bytes(b"\x00" * 64)
+    (model / "results.json").write_text("{}")
+    before = snapshot(model)
+    with pytest.raises(RunError, match=rf"{re.escape(str(model))} is not empty and is not an "
+                       r"encoderkit run \(no encoderkit-run.json\); it holds config.json, "
+                       r"model.safetensors, results.json"):  # fmt: skip
+        train(TrainConfig(out=str(model), **TINY))
+    assert snapshot(model) == before
+    with pytest.raises(RunError, match="cannot resume .* not an encoderkit run directory"):
+        train(TrainConfig(out=str(model), **TINY), resume=True)
+    assert snapshot(model) == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert train(TrainConfig(out=str(empty), **TINY))["steps"] == 4
+
+
+def test_the_run_marker_is_written_before_anything_else(tmp_path, monkeypatch):
+    import encoderkit.train as training
+
+    seen: list[list[str]] = []  # the directory's entries before each write
+    real = training.atomic_write_text
+
+    def watched(path, text):
+        parent = Path(path).parent
+        seen.append(sorted(p.name for p in parent.iterdir()) if parent.exists() else [])
+        return real(path, text)
+
+    monkeypatch.setattr(training, "atomic_write_text", watched)
+    run = tmp_path / "run"
+    train(TrainConfig(out=str(run), **TINY))
+    assert seen[0] == [] and "encoderkit-run.json" in seen[1]
+    marker = json.loads((run / "encoderkit-run.json").read_text())
+    assert marker["format"] == 1
+
+
+def _poison_first_step(monkeypatch) -> None:
+    import encoderkit.train as training
+
+    real = training.compute_loss
+    monkeypatch.setattr(training, "compute_loss", lambda *a: real(*a) * math.nan)
+
+
+def test_a_run_aborted_before_its_first_checkpoint_restarts_with_the_same_command(
+    tmp_path, monkeypatch
+):
+    run = tmp_path / "run"
+    cfg = TrainConfig(out=str(run), **TINY)
+    with monkeypatch.context() as m:
+        _poison_first_step(m)
+        with pytest.raises(NonFiniteError, match="step 1: loss nan"):
+            train(cfg)
+    assert (run / "metrics.jsonl").exists() and not (run / "checkpoints").exists()
+    results = train(cfg)  # the same command again: a fresh start, no stale lines
+    assert results["steps"] == 4
+    steps = [r["step"] for r in metrics(run) if r["split"] == "train"]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_a_run_killed_before_its_first_checkpoint_restarts_fresh(tmp_path, caplog):
+    run = tmp_path / "run"
+    cfg = TrainConfig(out=str(run), **TINY)
+    train(cfg)
+    expected = losses(run)
+    shutil.rmtree(run / "checkpoints")  # as if killed before the first save: stale files remain
+    (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text() + '{"step": 99, "sp')
+    with caplog.at_level(logging.WARNING, logger="encoderkit.train"):
+        train(cfg)
+    assert "holds no valid checkpoint: starting it again from step 0" in caplog.text
+    assert losses(run) == expected  # the same seed, the same run, nothing stale kept
+
+
+def test_resume_without_a_checkpoint_starts_from_step_0_with_the_saved_config(
+    tmp_path, monkeypatch, caplog
+):
+    run = tmp_path / "run"
+    train(TrainConfig(out=str(tmp_path / "straight"), **TINY))
+    with monkeypatch.context() as m:
+        _poison_first_step(m)
+        with pytest.raises(NonFiniteError):
+            train(TrainConfig(out=str(run), **TINY))
+    with caplog.at_level(logging.WARNING, logger="encoderkit.train"):
+        results = train(resume_config(run, {}), resume=True)
+    assert "no valid checkpoint (stopped before its first one): starting from step 0" in caplog.text
+    assert results["steps"] == 4
+    assert losses(run) == losses(tmp_path / "straight")
+    with pytest.raises(CheckpointError, match="can't find a run directory at"):
+        train(TrainConfig(out=str(tmp_path / "nowhere"), **TINY), resume=True)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
+    run = tmp_path / "run"
+    proc = _cli("train", "--out", str(run), "--max-steps", "3000", "--no-progress",
+                "--n-layers", "1", "--checkpoint-every", "100000")  # fmt: skip
+    deadline = time.time() + 60
+    while time.time() < deadline and not (run / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert f"terminated; continue with: encoderkit train --resume {run}" in out
+    assert json.loads(out.splitlines()[-2])["stopped"] == "terminated"
+    _, state, _ = load_checkpoint(latest_checkpoint(run))
+    stopped_at = state["progress"]["step"]
+    assert 0 < stopped_at < 3000
+    results = train(resume_config(run, {"max_steps": stopped_at + 2}), resume=True)
+    assert results["steps"] == stopped_at + 2 and results["stopped"] is None
+    steps = [r["step"] for r in metrics(run) if r["split"] == "train"]
+    assert steps == list(range(1, stopped_at + 3))
+
+
+def test_a_best_checkpoint_that_is_gone_is_reported_not_replaced(tmp_path, monkeypatch):
+    import encoderkit.train as training
+
+    accuracies = iter([0.9, 0.1])  # the first evaluation (step 2) is the best
+    monkeypatch.setattr(training, "evaluate", lambda *a: (1.0, next(accuracies)))
+    run = tmp_path / "run"
+    train(TrainConfig(out=str(run), keep_last=1, **TINY))
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000002", "step-00000004"]
+    assert load_run_model(run, "best")[0].task == "digits"
+    shutil.rmtree(run / "checkpoints" / "step-00000002")
+    with pytest.raises(CheckpointError, match=r"the best checkpoint of .*, step 2, is missing"):
+        load_run_model(run, "best")
+    load_run_model(run, "latest")
+
+
+def test_a_truncated_last_metrics_line_does_not_block_resume(tmp_path, caplog):
+    run = tmp_path / "run"
+    train(TrainConfig(out=str(run), stop_at_step=2, **TINY))
+    whole = (run / "metrics.jsonl").read_text()
+    (run / "metrics.jsonl").write_text(whole + '{"step": 3, "epoch": 0, "split": "tr')
+    with caplog.at_level(logging.WARNING, logger="encoderkit.train"):
+        results = train(resume_config(run, {"stop_at_step": None}), resume=True)
+    assert results["steps"] == 4
+    assert re.search(r"metrics.jsonl: dropping line \d+, cut short", caplog.text)
+    steps = [r["step"] for r in metrics(run) if r["split"] == "train"]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_a_malformed_metrics_line_is_an_error_naming_the_file_and_line(tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(out=str(run), stop_at_step=2, **TINY))
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines[1] = lines[1][:10]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    before = snapshot(run)
+    path = re.escape(str(run / "metrics.jsonl"))
+    with pytest.raises(RunError, match=rf"{path}: line 2 is not a metrics record"):
+        train(resume_config(run, {"stop_at_step": None}), resume=True)
+    assert snapshot(run) == before
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    import encoderkit.checkpoint as ck
+
+    real, calls = ck.save_file, {"n": 0}
+
+    def filling(tensors, path, metadata=None):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second checkpoint: step 4
+            Path(path).write_bytes(b"\x00" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tensors, path, metadata)
+
+    monkeypatch.setattr(ck, "save_file", filling)
+    run = tmp_path / "run"
+    intact = re.escape(str(run / "checkpoints" / "step-00000002"))
+    message = r"cannot save the checkpoint of step 4 in .*: no space left on device; the last "
+    with pytest.raises(CheckpointError, match=message + rf"intact checkpoint is {intact}"):
+        train(TrainConfig(out=str(run), **TINY))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002"]
+    assert latest_checkpoint(run).name == "step-00000002"
+    load_checkpoint(latest_checkpoint(run))
+    # and the command line says it in one line
+    from encoderkit.cli import main
+
+    calls["n"] = 0
+    with pytest.raises(
+        SystemExit, match=r"^encoderkit train: cannot save the checkpoint of step 4"
+    ):
+        main(["train", "--out", str(tmp_path / "cli"), "--max-steps", "4", "--n-layers", "1",
+              "--eval-every", "2", "--checkpoint-every", "2", "--no-progress"])  # fmt: skip
+
+
+def test_a_full_disk_writing_results_names_the_last_checkpoint(tmp_path, monkeypatch):
+    import encoderkit.train as training
+
+    real = training.atomic_write_text
+
+    def filling(path, text):
+        if Path(path).name == "results.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, text)
+
+    monkeypatch.setattr(training, "atomic_write_text", filling)
+    run = tmp_path / "run"
+    last = re.escape(str(run / "checkpoints" / "step-00000004"))
+    with pytest.raises(RunError, match=rf"cannot write results.json to {re.escape(str(run))}: no "
+                       rf"space left on device; the last intact checkpoint is {last}"):  # fmt: skip
+        train(TrainConfig(out=str(run), **TINY))
+
+
+def test_an_unwritable_output_directory_is_a_clear_error(tmp_path, monkeypatch):
+    import encoderkit.files
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", kwargs.get("dir"))
+
+    monkeypatch.setattr(encoderkit.files.tempfile, "mkstemp", refused)
+    out = tmp_path / "out"
+    out.mkdir()
+    from encoderkit.cli import main
+
+    with pytest.raises(SystemExit, match=rf"^encoderkit train: cannot write encoderkit-run.json "
+                       rf"to {re.escape(str(out))}: permission denied$"):  # fmt: skip
+        main(["train", "--out", str(out), "--max-steps", "2", "--no-progress"])
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through chmod 0o500")
+def test_a_read_only_output_directory_is_a_clear_error(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        with pytest.raises(RunError, match=rf"cannot write encoderkit-run.json to "
+                           rf"{re.escape(str(out))}: permission denied"):  # fmt: skip
+            train(TrainConfig(out=str(out), **TINY))
+    finally:
+        out.chmod(0o700)
+
+
+def test_a_run_model_is_rebuilt_without_its_training_data(tmp_path, monkeypatch, capsys):
+    from encoderkit.cli import main
+    from encoderkit.data import listops
+
+    run = tmp_path / "run"
+    train(TrainConfig(task="listops", out=str(run), listops_train_size=64, listops_test_size=16,
+                      listops_max_length=24, **TINY))  # fmt: skip
+    edit_config(run, listops_train_size=10**8)  # generating that many would take hours
+    real, sizes = listops.generate, []
+
+    def counted(n, **kwargs):
+        if n > 1000:
+            raise AssertionError(f"generated {n} examples")
+        sizes.append(n)
+        return real(n, **kwargs)
+
+    monkeypatch.setattr(listops, "generate", counted)
+    cfg, task = load_run_model(run)
+    assert sizes == [] and task.train == () and task.test == ()
+    assert cfg.listops_train_size == 10**8 and task.classes == [str(d) for d in range(10)]
+    assert main(["eval", str(run)]) == 0
+    assert json.loads(capsys.readouterr().out)["test_examples"] == 16
+    assert sizes == [16]  # the test split alone
+
+
+def test_a_run_model_leaves_the_random_state_alone(tiny_run):
+    state = torch.get_rng_state()
+    load_run_model(tiny_run)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_an_edited_config_is_caught_against_the_checkpoint_header(tiny_run):
+    edit_config(tiny_run, d_model=32, n_heads=2)
+    with pytest.raises(CheckpointError, match=r"config.json does not match .*model.safetensors: "
+                       r"encoder.embeddings.cls_token should be \(1, 1, 32\) by the config, "
+                       r"found \(1, 1, 16\)"):  # fmt: skip
+        load_run_model(tiny_run)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"n_layers": 10**6}, r"config.json asks n_layers=1000000, but .* holds 1 layers"),
+        ({"d_model": 10**6, "n_heads": 1}, r"should be \(1, 1, 1000000\) by the config, found"),
+        ({"d_ff": 10**9}, r"encoder.encoder.blocks.0.ff.fc1.weight should be \(1000000000, 16\)"),
+    ],
+)
+def test_a_huge_config_fails_fast_without_allocating(tiny_run, monkeypatch, changes, message):
+    import encoderkit.train as training
+
+    real = training.build_model
+
+    def on_meta_only(*args):
+        model = real(*args)
+        assert all(p.is_meta for p in model.parameters()), "built for real before the check"
+        return model
+
+    monkeypatch.setattr(training, "build_model", on_meta_only)
+    edit_config(tiny_run, **changes)
+    started = time.perf_counter()
+    with pytest.raises(CheckpointError, match=message):
+        load_run_model(tiny_run)
+    assert time.perf_counter() - started < 2
+
+
+def test_a_truncated_weights_file_behind_a_matching_manifest_is_a_checkpoint_error(tiny_run):
+    path = latest_checkpoint(tiny_run)
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    rehash(path)
+    with pytest.raises(CheckpointError, match=r"model.safetensors: truncated or padded: its "
+                       r"header describes \d+ bytes, the file has \d+"):  # fmt: skip
+        load_run_model(tiny_run, "latest")
+
+
+def test_a_run_killed_before_saving_its_config_says_how_to_start_it_again(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "encoderkit-run.json").write_text('{"format": 1}')
+    (run / ".tmp-encoderkit-run.json-1234abcd").write_text("")  # a second kill, mid-write
+    hint = r"no config.json; it stopped before saving one: start it again with encoderkit train"
+    with pytest.raises(CheckpointError, match=hint + rf" --out {re.escape(str(run))}"):
+        resume_config(run, {})
+    (run / "encoderkit-run.json").unlink()
+    assert train(TrainConfig(out=str(run), **TINY))["steps"] == 4

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import itertools
 import json
+import os
 import sys
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,10 +160,39 @@ def _optional(kind: type) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return dispatch(sys.argv[1:] if argv is None else argv)
+    except BrokenPipeError:
+        # The reader (``head``, say) closed the pipe: stop quietly, as ``cat`` does, and point
+        # stdout at /dev/null so the interpreter's final flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + 13  # the status of a process killed by SIGPIPE
+
+
+def dispatch(argv: list[str]) -> int:
+    """Parse ``argv`` and run the command; a file that cannot be read or written ends it with one
+    line naming the file."""
     if argv[:1] == ["bench"]:  # its flags belong to benchmarks.compare
         return run_bench(argv[1:])
     args = build_parser().parse_args(argv)
+    for flag in ("out", "html"):
+        path = getattr(args, flag, None)
+        if args.command != "train" and path is not None and Path(path).is_dir():
+            raise SystemExit(
+                f"encoderkit {args.command}: --{flag} must name a file to write, got the "
+                f"directory {path}"
+            )
+    try:
+        return run_command(args)
+    except BrokenPipeError:
+        raise  # not an error: see main
+    except OSError as e:  # a read-only folder, a full disk, a path through a file
+        where = f": {e.filename}" if e.filename else ""
+        raise SystemExit(f"encoderkit {args.command}: {e.strerror or e}{where}") from e
+
+
+def run_command(args: argparse.Namespace) -> int:
     if args.command == "tour":
         if args.batch < 1 or args.seq_len < 1:
             raise SystemExit("encoderkit tour: --batch and --seq-len must be at least 1")
@@ -189,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def train_config(args: argparse.Namespace) -> Any:
     """TrainConfig from defaults < TOML file < flags, or the saved run's config for --resume."""
-    from encoderkit.train import TrainConfig, resume_config
+    from encoderkit.train import TrainConfig, check_config_field, resume_config
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     flags = {k: v for k, v in vars(args).items() if k in names}
@@ -205,6 +237,11 @@ def train_config(args: argparse.Namespace) -> Any:
                 f"{args.config}: {', '.join(unknown)} not TrainConfig fields; "
                 f"valid fields: {', '.join(sorted(names))}"
             )
+        for name, value in values.items():  # here, so that the error names the file
+            try:
+                check_config_field(name, value)
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"{args.config}: {e}") from e
     values |= flags
     if args.resume is not None:
         return resume_config(args.resume, values)
@@ -222,19 +259,26 @@ def run_training(args: argparse.Namespace) -> int:
     try:
         cfg = train_config(args)
         results = train(cfg, resume=args.resume is not None)
-    except (ValueError, TypeError, FileNotFoundError, CheckpointError, PretrainedError) as e:
+    except (ValueError, TypeError, OSError, CheckpointError, PretrainedError) as e:
         raise SystemExit(f"encoderkit train: {e}") from e
     except NonFiniteError as e:
         raise SystemExit(f"encoderkit train: {e}") from e
+    if results["best_accuracy"] is None:  # stopped before its first evaluation
+        measured = "test accuracy n/a (not evaluated yet)"
+    else:
+        measured = (
+            f"test accuracy {results['test_accuracy']:.4f} (best {results['best_accuracy']:.4f} "
+            f"at step {results['best_step']})"
+        )
     print(
-        f"{cfg.task}: test accuracy {results['test_accuracy']:.4f} after {results['steps']} steps "
-        f"(best {results['best_accuracy']:.4f} at step {results['best_step']}) in "
-        f"{results['seconds']:.0f} s; run directory {cfg.out}"
+        f"{cfg.task}: {measured} after {results['steps']} steps in {results['seconds']:.0f} s; "
+        f"run directory {cfg.out}"
     )
     print(json.dumps(results))
-    if results["stopped"] == "interrupted":
-        print(f"interrupted; continue with: encoderkit train --resume {cfg.out}")
-        return 130
+    exit_codes = {"interrupted": 130, "terminated": 143}  # 128 + SIGINT, 128 + SIGTERM
+    if results["stopped"] in exit_codes:
+        print(f"{results['stopped']}; continue with: encoderkit train --resume {cfg.out}")
+        return exit_codes[results["stopped"]]
     return 0
 
 
@@ -243,8 +287,8 @@ def run_eval(args: argparse.Namespace) -> None:
     from encoderkit.train import evaluate, load_run_model
 
     try:
-        cfg, task = load_run_model(args.run, args.checkpoint)
-    except (CheckpointError, ValueError) as e:
+        cfg, task = load_run_model(args.run, args.checkpoint, test_split=True)
+    except (CheckpointError, ValueError, OSError) as e:
         raise SystemExit(f"encoderkit eval: {e}") from e
     loss, accuracy = evaluate(task.model, task.test, cfg, torch.device("cpu"))
     print(
@@ -268,7 +312,7 @@ def run_predict(args: argparse.Namespace) -> None:
     try:
         cfg, task = load_run_model(args.run, args.checkpoint)
         inputs = prepare_inputs(cfg, args.inputs)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
+    except (CheckpointError, ValueError, OSError) as e:
         raise SystemExit(f"encoderkit predict: {e}") from e
     with torch.no_grad():
         probs = task.model(*inputs).softmax(-1)
@@ -277,39 +321,101 @@ def run_predict(args: argparse.Namespace) -> None:
         print(f"{task.classes[k]}\t{float(p[k]):.3f}\t{text}")
 
 
+# Texts are embedded and printed this many at a time, so any --file runs in bounded memory.
+EMBED_CHUNK = 4096
+# The N x N similarity table is built only with --similarity, and refused above this size.
+MAX_SIMILARITY_BYTES = 1 << 30
+
+
 def embed(args: argparse.Namespace) -> None:
     from encoderkit.pretrained import PretrainedError
     from encoderkit.sentence import SentenceEncoder
 
-    texts = list(args.texts)
-    if args.file is not None:
-        try:
-            lines = args.file.read_text(encoding="utf-8").splitlines()
-        except OSError as e:
-            raise SystemExit(f"encoderkit embed: cannot read {args.file}: {e.strerror}") from e
-        texts += [line for line in lines if line.strip()]
-    if not texts:
-        raise SystemExit("encoderkit embed: give texts as arguments or with --file")
     if args.batch_size < 1:
         raise SystemExit("encoderkit embed: --batch-size must be at least 1")
+    count = len(args.texts) + (0 if args.file is None else _count_lines(args.file))
+    if count == 0:
+        raise SystemExit("encoderkit embed: give texts as arguments or with --file")
+    if args.similarity and 4 * count * count > MAX_SIMILARITY_BYTES:
+        raise SystemExit(
+            f"encoderkit embed: --similarity over {count:,} texts needs a {count:,} x {count:,} "
+            f"matrix ({4 * count * count / 2**30:.1f} GiB); the limit is "
+            f"{MAX_SIMILARITY_BYTES / 2**30:.0f} GiB: give fewer texts, or drop --similarity "
+            f"and compare the --json embeddings in chunks"
+        )
     try:
         encoder = SentenceEncoder.from_pretrained(args.model)
     except (PretrainedError, ImportError) as e:
         raise SystemExit(f"encoderkit embed: {e}") from e
-    vectors = encoder.encode(texts, batch_size=args.batch_size)
-    similarity = vectors @ vectors.T  # unit vectors: dot product = cosine
-    if args.json:
-        key, rows = ("similarity", similarity) if args.similarity else ("embeddings", vectors)
-        payload = {"model": str(args.model), "texts": texts, key: rows.tolist()}
-        json.dump(payload, sys.stdout, ensure_ascii=False)
-        print()
-    elif args.similarity:
-        print(format_similarity(texts, similarity.tolist()))
+
+    def chunks() -> Iterator[tuple[list[str], torch.Tensor]]:
+        texts = _texts(args)
+        while chunk := list(itertools.islice(texts, EMBED_CHUNK)):
+            yield chunk, encoder.encode(chunk, batch_size=args.batch_size)  # (n, D)
+
+    if args.similarity:
+        texts, parts = [], []
+        for chunk, vectors in chunks():
+            texts += chunk
+            parts.append(vectors)
+        vectors = torch.cat(parts)  # (N, D)
+        similarity = vectors @ vectors.T  # unit vectors: dot product = cosine; (N, N)
+        if args.json:
+            payload = {"model": str(args.model), "texts": texts, "similarity": similarity.tolist()}
+            print(json.dumps(payload, ensure_ascii=False))
+        else:
+            print(format_similarity(texts, similarity.tolist()))
+    elif args.json:
+        # The same JSON object as one json.dumps would write, streamed chunk by chunk.
+        out = sys.stdout
+        out.write(f'{{"model": {json.dumps(str(args.model))}, "texts": [')
+        for i, text in enumerate(_texts(args)):
+            out.write((", " if i else "") + json.dumps(text, ensure_ascii=False))
+        out.write('], "embeddings": [')
+        for i, (_, vectors) in enumerate(chunks()):
+            out.write((", " if i else "") + ", ".join(json.dumps(v) for v in vectors.tolist()))
+        out.write("]}\n")
     else:
-        print(f"{len(texts)} embeddings of dimension {vectors.shape[1]} ({args.model})")
-        for text, vector in zip(texts, vectors.tolist(), strict=True):
-            head = ", ".join(f"{v:+.4f}" for v in vector[:4])
-            print(f"{_label(text, 40):<40}  [{head}, ..., {vector[-1]:+.4f}]")
+        dim = encoder.model.config.d_model
+        print(f"{count} embeddings of dimension {dim} ({args.model})")
+        for chunk, vectors in chunks():
+            for text, vector in zip(chunk, vectors.tolist(), strict=True):
+                head = ", ".join(f"{v:+.4f}" for v in vector[:4])
+                print(f"{_label(text, 40):<40}  [{head}, ..., {vector[-1]:+.4f}]")
+
+
+def _texts(args: argparse.Namespace) -> Iterator[str]:
+    """The texts given as arguments, then the non-empty lines of --file, read as needed."""
+    yield from args.texts
+    if args.file is not None:
+        for _, line in _file_lines(args.file):
+            if line.strip():
+                yield line
+
+
+def _count_lines(path: Path) -> int:
+    """The non-empty lines of ``path``; reads it once, so a bad file fails before any output."""
+    return sum(1 for _, line in _file_lines(path) if line.strip())
+
+
+def _file_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file, without line ends or a leading byte-order mark."""
+    try:
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise SystemExit(
+                        f"encoderkit embed: {path}, line {number}: not UTF-8 text (byte "
+                        f"{raw[e.start]:#04x} at column {e.start + 1}); convert the file, e.g. "
+                        f"iconv -f latin1 -t utf-8"
+                    ) from None
+                if number == 1:
+                    line = line.removeprefix("\ufeff")  # the UTF-8 BOM some editors write
+                yield number, line.rstrip("\r\n")
+    except OSError as e:
+        raise SystemExit(f"encoderkit embed: cannot read {path}: {e.strerror}") from e
 
 
 def format_similarity(texts: list[str], matrix: list[list[float]]) -> str:

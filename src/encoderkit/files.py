@@ -53,3 +53,11 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def describe_os_error(error: OSError) -> str:
+    """``no space left on device``, ``permission denied``: the reason of a failed read or write
+    in words, for messages that already name the file."""
+    if error.errno is not None:
+        return os.strerror(error.errno).lower()
+    return str(error)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from encoderkit.config import TextConfig, VisionConfig
-from encoderkit.models import ImageClassifier, SequenceClassifier, TextEncoder
+from encoderkit.models import ImageClassifier, SequenceClassifier
 
 if TYPE_CHECKING:
     from encoderkit.train import TrainConfig
@@ -49,13 +49,16 @@ class Task:
 
 
 def build_task(cfg: TrainConfig) -> Task:
-    if cfg.task == "digits":
-        return _digits(cfg)
-    if cfg.task == "listops":
-        return _listops(cfg)
-    if cfg.task == "text":
-        return _text(cfg)
-    raise ValueError(f"task must be one of {list(TASKS)}, got {cfg.task!r}")
+    """The task's data, then its freshly initialised model (pretrained weights copied in for
+    ``--init all-MiniLM-L6-v2``): the data never draws from torch's random state, so the model's
+    initial weights depend on the seed alone."""
+    check_task(cfg)
+    train, test, classes = load_data(cfg)
+    if cfg.task == "text" and cfg.init == "all-MiniLM-L6-v2":
+        model = _minilm_classifier(cfg, len(classes))
+    else:
+        model = build_model(cfg, len(classes))
+    return Task(cfg.task, train, test, model, classes)
 
 
 def encoder_sizes(cfg: TrainConfig) -> dict[str, Any]:
@@ -64,88 +67,151 @@ def encoder_sizes(cfg: TrainConfig) -> dict[str, Any]:
     return {name: getattr(cfg, name) for name in names}
 
 
-def _digits(cfg: TrainConfig) -> Task:
-    from encoderkit.data.digits import load_digits_split
-
-    split = load_digits_split(seed=cfg.seed)
-    config = VisionConfig(
-        **encoder_sizes(cfg),
-        layer_norm_eps=1e-6,
-        image_size=8,
-        patch_size=2,
-        num_channels=1,
-    )
-    return Task(
-        "digits",
-        (split.train_images, split.train_labels),
-        (split.test_images, split.test_labels),
-        ImageClassifier(config, 10, pooling=cfg.pooling),
-        [str(d) for d in range(10)],
-    )
+def check_task(cfg: TrainConfig) -> None:
+    if cfg.task not in TASKS:
+        raise ValueError(f"task must be one of {list(TASKS)}, got {cfg.task!r}")
+    if cfg.task == "text" and cfg.init not in ("scratch", "all-MiniLM-L6-v2"):
+        raise ValueError(f"init must be 'scratch' or 'all-MiniLM-L6-v2', got {cfg.init!r}")
 
 
-def _listops(cfg: TrainConfig) -> Task:
+def load_data(
+    cfg: TrainConfig,
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], list[str]]:
+    """(train tensors, test tensors, class names) of the task."""
+    if cfg.task == "digits":
+        from encoderkit.data.digits import load_digits_split
+
+        split = load_digits_split(seed=cfg.seed)
+        return (
+            (split.train_images, split.train_labels),
+            (split.test_images, split.test_labels),
+            DIGIT_CLASSES,
+        )
+    if cfg.task == "listops":
+        return _listops_split(cfg, "train"), _listops_split(cfg, "test"), DIGIT_CLASSES
+    data = _read_texts(cfg)
+    train, test = _split_texts(cfg, data)
+    return train, test, data.classes
+
+
+def load_test_split(cfg: TrainConfig) -> tuple[torch.Tensor, ...]:
+    """The test split alone, as ``eval`` needs it: ListOps generates no training examples."""
+    check_task(cfg)
+    if cfg.task == "listops":
+        return _listops_split(cfg, "test")
+    if cfg.task == "digits":
+        return load_data(cfg)[1]  # 1,797 small images: the split is the cheap part
+    return _split_texts(cfg, _read_texts(cfg))[1]
+
+
+DIGIT_CLASSES = [str(d) for d in range(10)]
+
+
+def _listops_split(cfg: TrainConfig, which: str) -> tuple[torch.Tensor, ...]:
     from encoderkit.data import listops
 
-    n_train, n_test, length = cfg.listops_train_size, cfg.listops_test_size, cfg.listops_max_length
-    train = listops.encode(listops.generate(n_train, max_length=length, seed=cfg.seed), length)
-    test = listops.encode(listops.generate(n_test, max_length=length, seed=cfg.seed + 1), length)
-    config = TextConfig(
-        **encoder_sizes(cfg),
-        vocab_size=len(listops.VOCAB),
-        max_positions=length + 1,
-        type_vocab_size=0,
-        pad_token_id=listops.PAD_ID,
+    n, seed = (
+        (cfg.listops_train_size, cfg.seed)
+        if which == "train"
+        else (cfg.listops_test_size, cfg.seed + 1)
     )
-    return Task(
-        "listops",
-        train,
-        test,
-        SequenceClassifier(config, 10, pooling=cfg.pooling),
-        [str(d) for d in range(10)],
-    )
+    length = cfg.listops_max_length
+    return listops.encode(listops.generate(n, max_length=length, seed=seed), length)
 
 
-def _text(cfg: TrainConfig) -> Task:
-    from encoderkit.data.text import read_labelled_texts, split
-    from encoderkit.pretrained import load_pretrained
-    from encoderkit.sentence import shipped_model_path
+def _read_texts(cfg: TrainConfig) -> Any:
+    from encoderkit.data.text import read_labelled_texts
 
     if not cfg.data:
         raise ValueError("the text task needs --data FILE (a .csv or .jsonl with text and label)")
-    data = read_labelled_texts(Path(cfg.data))
+    return read_labelled_texts(Path(cfg.data))
+
+
+def _split_texts(
+    cfg: TrainConfig, data: Any
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    from encoderkit.data.text import split
+
     train, test = split(data, seed=cfg.seed)
     tokenizer = text_tokenizer(cfg.text_max_length)
-    if cfg.init == "all-MiniLM-L6-v2":
-        pretrained = load_pretrained(shipped_model_path())
-        if not isinstance(pretrained, TextEncoder):
-            raise ValueError("all-MiniLM-L6-v2 should load as a TextEncoder")
-        if cfg.text_max_length > pretrained.config.max_positions:
-            raise ValueError(
-                f"text_max_length must be at most all-MiniLM-L6-v2's max_positions "
-                f"{pretrained.config.max_positions}, got {cfg.text_max_length}"
-            )
-        config = dataclasses.replace(
-            pretrained.config, dropout=cfg.dropout, attention_dropout=cfg.attention_dropout
-        )
-        model = SequenceClassifier(config, len(data.classes), pooling=cfg.pooling)
-        model.encoder.load_state_dict(pretrained.state_dict())
-    elif cfg.init == "scratch":
-        config = TextConfig(
-            **encoder_sizes(cfg),
-            vocab_size=tokenizer.get_vocab_size(),
-            max_positions=cfg.text_max_length,
-        )
-        model = SequenceClassifier(config, len(data.classes), pooling=cfg.pooling)
-    else:
-        raise ValueError(f"init must be 'scratch' or 'all-MiniLM-L6-v2', got {cfg.init!r}")
-    return Task(
-        "text",
+    return (
         (*encode_texts(tokenizer, train.texts), torch.tensor(train.labels)),
         (*encode_texts(tokenizer, test.texts), torch.tensor(test.labels)),
-        model,
-        data.classes,
     )
+
+
+def model_config(cfg: TrainConfig) -> TextConfig | VisionConfig:
+    """The encoder's config for a run, from the run's config alone: no data, no weights read
+    (for ``--init all-MiniLM-L6-v2``, the shipped model's config.json and its weights' header)."""
+    check_task(cfg)
+    if cfg.task == "digits":
+        return VisionConfig(
+            **encoder_sizes(cfg),
+            layer_norm_eps=1e-6,
+            image_size=8,
+            patch_size=2,
+            num_channels=1,
+        )
+    if cfg.task == "listops":
+        from encoderkit.data import listops
+
+        return TextConfig(
+            **encoder_sizes(cfg),
+            vocab_size=len(listops.VOCAB),
+            max_positions=cfg.listops_max_length + 1,
+            type_vocab_size=0,
+            pad_token_id=listops.PAD_ID,
+        )
+    if cfg.init == "scratch":
+        return TextConfig(
+            **encoder_sizes(cfg),
+            vocab_size=text_tokenizer(cfg.text_max_length).get_vocab_size(),
+            max_positions=cfg.text_max_length,
+        )
+    from safetensors import safe_open
+
+    from encoderkit.pretrained import config_from_hf, read_config
+    from encoderkit.sentence import shipped_model_path
+
+    path = shipped_model_path()
+    with safe_open(str(path / "model.safetensors"), "pt") as weights:
+        has_pooler = "pooler.dense.weight" in weights.keys()  # a safe_open, not a dict
+    config = config_from_hf(read_config(path / "config.json"), has_pooler=has_pooler)
+    return _fine_tuning_config(cfg, config)
+
+
+def _fine_tuning_config(cfg: TrainConfig, config: TextConfig | VisionConfig) -> TextConfig:
+    if not isinstance(config, TextConfig):
+        raise ValueError("all-MiniLM-L6-v2 should load as a TextEncoder")
+    if cfg.text_max_length > config.max_positions:
+        raise ValueError(
+            f"text_max_length must be at most all-MiniLM-L6-v2's max_positions "
+            f"{config.max_positions}, got {cfg.text_max_length}"
+        )
+    return dataclasses.replace(config, dropout=cfg.dropout, attention_dropout=cfg.attention_dropout)
+
+
+def build_model(
+    cfg: TrainConfig, n_classes: int, config: TextConfig | VisionConfig | None = None
+) -> nn.Module:
+    """A freshly initialised classifier for the run (``config`` default: :func:`model_config`)."""
+    config = model_config(cfg) if config is None else config
+    if isinstance(config, VisionConfig):
+        return ImageClassifier(config, n_classes, pooling=cfg.pooling)
+    return SequenceClassifier(config, n_classes, pooling=cfg.pooling)
+
+
+def _minilm_classifier(cfg: TrainConfig, n_classes: int) -> nn.Module:
+    """all-MiniLM-L6-v2's weights under a new classification head."""
+    from encoderkit.pretrained import load_pretrained
+    from encoderkit.sentence import shipped_model_path
+
+    pretrained = load_pretrained(shipped_model_path())
+    model = SequenceClassifier(
+        _fine_tuning_config(cfg, pretrained.config), n_classes, pooling=cfg.pooling
+    )
+    model.encoder.load_state_dict(pretrained.state_dict())
+    return model
 
 
 def text_tokenizer(max_length: int) -> Any:

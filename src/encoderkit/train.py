@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
 import os
+import shutil
 import signal
 import time
+import typing
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,15 +36,18 @@ from torch.utils.data.distributed import DistributedSampler
 
 from encoderkit.checkpoint import (
     CheckpointError,
+    checkpoint_dir,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    read_meta,
+    read_weights_header,
     save_checkpoint,
     step_of,
 )
 from encoderkit.checks import check_choice, check_positive_int, check_probability
-from encoderkit.files import atomic_write_text
-from encoderkit.tasks import TASKS, Task, build_task
+from encoderkit.files import atomic_write_text, describe_os_error
+from encoderkit.tasks import TASKS, Task, build_model, build_task, load_test_split, model_config
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +96,11 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        # A TOML file or a saved config.json can hold any JSON type: check each against its
+        # annotation, so that `progress = "no"` fails here, naming the field, not as a truthy
+        # string deep in the loop.
+        for name, hint in _field_types().items():
+            _check_type(name, getattr(self, name), hint)
         check_choice("task", self.task, TASKS)
         check_choice("pooling", self.pooling, ("cls", "mean"))
         check_choice("on_nonfinite", self.on_nonfinite, ("abort", "skip"))
@@ -112,17 +124,51 @@ class TrainConfig:
                 check_positive_int(name, getattr(self, name))
         for name in ("dropout", "attention_dropout", "warmup_fraction", "label_smoothing"):
             check_probability(name, getattr(self, name))
-        if not self.lr > 0 or self.weight_decay < 0:
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite float > 0, got {self.lr!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite float >= 0, got {self.weight_decay!r}")
+        clip = self.clip_grad_norm
+        if clip is not None and not (math.isfinite(clip) and clip > 0):
             raise ValueError(
-                f"lr must be > 0 and weight_decay >= 0, got {self.lr} and {self.weight_decay}"
+                f"clip_grad_norm must be a finite float > 0, or None for no clipping, got {clip!r}"
             )
-        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
-            raise ValueError(f"clip_grad_norm must be > 0 or None, got {self.clip_grad_norm}")
         if self.batch_size % self.grad_accum:
             raise ValueError(
                 f"batch_size must be divisible by grad_accum, got {self.batch_size} and "
                 f"{self.grad_accum}"
             )
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+_KINDS: dict[Any, tuple[type, ...]] = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
+
+
+def _check_type(name: str, value: object, hint: Any) -> None:
+    """``value`` fits ``hint`` (bool, int, float, str, a Literal, or one of these | None); an int
+    is a float, a bool is not an int."""
+    if typing.get_origin(hint) is Literal:
+        check_choice(name, value, typing.get_args(hint))
+        return
+    options = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    if value is None and len(options) < len(typing.get_args(hint)):
+        return
+    kinds = _KINDS[options[0]]
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        wanted = options[0].__name__ + (" or None" if hint is not options[0] else "")
+        raise TypeError(f"{name} must be {wanted}, got {value!r} ({type(value).__name__})")
+
+
+def check_config_field(name: str, value: object) -> None:
+    """Check one TrainConfig field's type alone (a TOML file's, before flags override others)."""
+    hints = _field_types()
+    if name not in hints:
+        raise ValueError(f"{name} is not a TrainConfig field; valid fields: {', '.join(hints)}")
+    _check_type(name, value, hints[name])
 
 
 # Fields a resumed run may change: they do not alter what is computed up to the stop.
@@ -144,6 +190,16 @@ class NonFiniteError(RuntimeError):
     """The loss or the gradient norm was not finite; the weights were left untouched."""
 
 
+class RunError(ValueError):
+    """A run directory that cannot be used as asked: not a run of ours, already holding one,
+    unreadable metrics, or a write that failed (disk full, no permission)."""
+
+
+RUN_MARKER = "encoderkit-run.json"  # written first: what makes a directory a run of ours
+RUN_FORMAT = 1
+STALE = ("metrics.jsonl", "results.json", "curves.png", "checkpoints")  # what a restart clears
+
+
 @dataclass
 class Progress:
     """Where the run is: saved in every checkpoint."""
@@ -151,8 +207,8 @@ class Progress:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
-    accuracy: float = -1.0  # at the latest evaluation
-    best_accuracy: float = -1.0
+    accuracy: float | None = None  # at the latest evaluation; None before the first
+    best_accuracy: float | None = None
     best_step: int = 0
     evals_since_best: int = 0
     skipped_steps: int = 0
@@ -186,19 +242,24 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     """Train (or continue) the run in ``cfg.out``; returns the final figures."""
     ranks = setup_distributed(cfg.device)
     run = Path(cfg.out)
-    if not resume:
-        check_new_run(run)
+    resume_from: Path | None = None  # the checkpoint to resume from
+    stale = False  # a run of ours that never saved a checkpoint: start it again
+    if resume:
+        resume_from = resume_point(run)
+        stale = resume_from is None
+    elif ranks.main:  # rank 0 alone: the others would see the files it is writing
+        stale = check_new_run(run)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     task = build_task(cfg)
     model = task.model.to(ranks.device)
     optimizer = make_optimizer(model, cfg, ranks.device)
     progress = Progress()
-    if resume:
-        progress = restore(run, model, optimizer, ranks)
+    if resume_from is not None:
+        progress = restore(run, model, optimizer, ranks, resume_from)
     else:
         torch.manual_seed(cfg.seed + ranks.rank)  # dropout masks differ per rank
         if ranks.main:
-            write_run_config(run, cfg, task)
+            start_run(run, cfg, task, stale)
     if ranks.world > 1:
         dist.barrier()
     net: nn.Module = nn.parallel.DistributedDataParallel(model) if ranks.world > 1 else model
@@ -207,7 +268,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the {n_train} examples")
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    logger = MetricsLog(run, ranks, total, progress.step, cfg.progress)
+    with writing(run, "metrics.jsonl"):
+        logger = MetricsLog(run, ranks, total, progress.step, cfg.progress)
     stop = StopRequest()
     started = time.perf_counter()
     try:
@@ -260,18 +322,20 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         "steps": progress.step,
         "total_steps": total,
         "seconds": round(seconds, 1),
-        "test_accuracy": progress.accuracy,
+        "test_accuracy": progress.accuracy,  # None: never evaluated
         "best_accuracy": progress.best_accuracy,
-        "best_step": progress.best_step,
+        "best_step": progress.best_step if progress.best_accuracy is not None else None,
         "skipped_steps": progress.skipped_steps,
         "stopped": stop.reason or None,
     }
     if ranks.main:
-        atomic_write_text(run / "results.json", json.dumps(results, indent=2) + "\n")
+        with writing(run, "results.json"):
+            atomic_write_text(run / "results.json", json.dumps(results, indent=2) + "\n")
         if not stop.reason or progress.step == total:
             from encoderkit.viz import plot_run
 
-            plot_run(run)
+            with writing(run, "curves.png"):
+                plot_run(run)
     return results
 
 
@@ -392,7 +456,7 @@ def evaluate_and_track(
             "accuracy": accuracy,
         }
     )
-    if accuracy > progress.best_accuracy:
+    if progress.best_accuracy is None or accuracy > progress.best_accuracy:
         progress.best_accuracy, progress.best_step, progress.evals_since_best = (
             accuracy,
             progress.step,
@@ -462,14 +526,23 @@ def checkpoint(
 
 
 def restore(
-    run: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ranks: Ranks
+    run: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ranks: Ranks,
+    path: Path | None = None,
 ) -> Progress:
-    """Load the newest checkpoint of ``run`` into the model and optimizer; return the position."""
-    path = latest_checkpoint(run)
+    """Load checkpoint ``path`` (default: the newest intact one of ``run``) into the model and
+    optimizer; return the position."""
+    path = latest_checkpoint(run) if path is None else path
     weights, state, _ = load_checkpoint(path)
     model.load_state_dict(weights)
     optimizer.load_state_dict(state["optimizer"])
-    progress = Progress(**state["progress"])
+    saved = dict(state["progress"])
+    for name in ("accuracy", "best_accuracy"):  # runs saved before None meant "not measured"
+        if saved.get(name) is not None and saved[name] < 0:
+            saved[name] = None
+    progress = Progress(**saved)
     torch.set_rng_state(state["rng_cpu"])
     if state["rng_cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng_cuda"])
@@ -477,15 +550,139 @@ def restore(
         torch.manual_seed(hash((progress.step, ranks.rank)) % 2**31)
     if ranks.main:
         trim_metrics(run, progress.step)
+        if not (run / RUN_MARKER).is_file():  # a run from before the marker existed
+            with writing(run, RUN_MARKER):
+                write_marker(run)
     log.info("resuming %s from step %d (%s)", run, progress.step, path.name)
     return progress
 
 
-def check_new_run(run: Path) -> None:
-    if list_checkpoints(run) or (run / "metrics.jsonl").exists():
-        raise ValueError(
+def resume_point(run: Path) -> Path | None:
+    """The checkpoint ``--resume`` continues from; None for a run of ours killed or stopped
+    before its first checkpoint, which then starts from step 0 (and says so)."""
+    if not run.is_dir():
+        raise CheckpointError(f"can't find a run directory at {run}")
+    if not is_run_dir(run):
+        raise RunError(
+            f"cannot resume {run}: it is not an encoderkit run directory (no {RUN_MARKER}, no "
+            f"run config.json)"
+        )
+    try:
+        return latest_checkpoint(run)
+    except CheckpointError:
+        log.warning(
+            "%s holds no valid checkpoint (stopped before its first one): starting from step 0 "
+            "with its saved configuration",
+            run,
+        )
+        return None
+
+
+def has_valid_checkpoint(run: Path) -> bool:
+    try:
+        latest_checkpoint(run)
+    except CheckpointError:
+        return False
+    return True
+
+
+def read_marker(run: Path) -> dict[str, Any] | None:
+    """The run marker's content; None when there is none."""
+    path = run / RUN_MARKER
+    if not path.is_file():
+        return None
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunError(f"{path}: not a valid run marker ({e})") from e
+    if not isinstance(marker, dict) or not isinstance(marker.get("format"), int):
+        raise RunError(f"{path}: not a valid run marker: expected a format number, got {marker!r}")
+    if marker["format"] > RUN_FORMAT:
+        raise RunError(
+            f"{path}: run format {marker['format']} is newer than this encoderkit's "
+            f"{RUN_FORMAT}; upgrade encoderkit to use this run"
+        )
+    return marker
+
+
+def is_run_dir(run: Path) -> bool:
+    """Whether ``run`` is a run directory of ours: it has our marker, or (runs written before
+    the marker) a run config.json or a checkpoint."""
+    if read_marker(run) is not None:
+        return True
+    if list_checkpoints(run, verify=False):
+        return True
+    try:
+        read_run_config(run)
+    except CheckpointError:
+        return False
+    return True
+
+
+def check_new_run(run: Path) -> bool:
+    """Refuse an ``--out`` that holds a run with a checkpoint, or that holds anything that is not
+    a run of ours; nothing is written. True if ``run`` is a run of ours that never saved a
+    checkpoint (killed or stopped before it): it starts again, its stale files cleared."""
+    if not run.exists():
+        return False
+    if not run.is_dir():
+        raise RunError(f"--out {run} is not a directory; choose a new or empty directory")
+    try:
+        found = sorted(p.name for p in run.iterdir())
+    except OSError as e:
+        raise RunError(f"cannot read {run}: {describe_os_error(e)}") from e
+    if all(name.startswith(f".tmp-{RUN_MARKER}-") for name in found):  # killed writing it
+        return bool(found)
+        return False
+    if not is_run_dir(run):
+        listed = ", ".join(found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
+        raise RunError(
+            f"{run} is not empty and is not an encoderkit run (no {RUN_MARKER}); it holds "
+            f"{listed}. Choose a new or empty directory for --out; nothing was changed"
+        )
+    if has_valid_checkpoint(run):
+        raise RunError(
             f"{run} already holds a run; continue it with --resume {run} or choose another --out"
         )
+    return True
+
+
+def start_run(run: Path, cfg: TrainConfig, task: Task, stale: bool) -> None:
+    """Mark ``run`` as ours (first of all), clear a previous attempt's files, save the config."""
+    with writing(run, RUN_MARKER):
+        write_marker(run)
+    if stale:
+        log.warning("%s holds no valid checkpoint: starting it again from step 0", run)
+        with writing(run, "a previous attempt's files"):
+            for name in STALE:
+                path = run / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+    with writing(run, "config.json"):
+        write_run_config(run, cfg, task)
+
+
+def write_marker(run: Path) -> None:
+    from encoderkit import __version__
+
+    payload = {"format": RUN_FORMAT, "encoderkit": __version__}
+    atomic_write_text(run / RUN_MARKER, json.dumps(payload, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def writing(run: Path, what: str) -> Iterator[None]:
+    """Turn a failed write (disk full, no permission) into one clear RunError that names the
+    place, the reason, and the checkpoint to resume from."""
+    try:
+        yield
+    except OSError as e:
+        try:
+            last = f"; the last intact checkpoint is {latest_checkpoint(run)}"
+        except CheckpointError:
+            last = ""
+        raise RunError(f"cannot write {what} to {run}: {describe_os_error(e)}{last}") from e
 
 
 def write_run_config(run: Path, cfg: TrainConfig, task: Task) -> None:
@@ -496,14 +693,29 @@ def write_run_config(run: Path, cfg: TrainConfig, task: Task) -> None:
 
 
 def read_run_config(run: Path) -> TrainConfig:
+    return _read_run_file(run)[0]
+
+
+def _read_run_file(run: Path) -> tuple[TrainConfig, list[str]]:
+    """(config, class names) saved in ``run/config.json``."""
     path = Path(run) / "config.json"
     if not path.is_file():
-        raise CheckpointError(f"can't find a valid run at {run}: no config.json")
+        hint = (
+            f"; it stopped before saving one: start it again with encoderkit train --out {run}"
+            if (Path(run) / RUN_MARKER).is_file()
+            else ""
+        )
+        raise CheckpointError(f"can't find a valid run at {run}: no config.json{hint}")
     try:
-        saved = json.loads(path.read_text())["config"]
-        return TrainConfig(**saved)
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        classes = saved["classes"]
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise TypeError(f"classes must be a list of names, got {classes!r}")
+        return TrainConfig(**saved["config"]), classes
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: not a run configuration ({e})") from e
+    except ValueError as e:  # a value TrainConfig refuses
+        raise CheckpointError(f"{path}: not a valid run configuration ({e})") from e
 
 
 def resume_config(run: Path, changes: dict[str, Any]) -> TrainConfig:
@@ -522,23 +734,43 @@ def resume_config(run: Path, changes: dict[str, Any]) -> TrainConfig:
 
 
 def trim_metrics(run: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint we resume from, so none is repeated."""
+    """Drop metric lines written after the checkpoint we resume from, so none is repeated. A last
+    line cut short by a kill is dropped with a warning; a malformed line elsewhere is an error."""
     path = run / "metrics.jsonl"
     if not path.exists():
         return
-    kept = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line)["step"] <= step
-    ]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    lines = path.read_bytes().split(b"\n")
+    numbered = [(number, raw) for number, raw in enumerate(lines, 1) if raw.strip()]
+    kept = []
+    for number, raw in numbered:
+        try:
+            record = json.loads(raw)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError(f"expected an object with an int step, got {record!r}")
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+            if number == numbered[-1][0]:
+                log.warning(
+                    "%s: dropping line %d, cut short when the run stopped: %r",
+                    path,
+                    number,
+                    raw[:80],
+                )
+                continue
+            raise RunError(
+                f"{path}: line {number} is not a metrics record ({e}); repair or delete that "
+                f"line, then resume"
+            ) from e
+        if record["step"] <= step:
+            kept.append(raw.decode())
+    with writing(run, "metrics.jsonl"):
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 class MetricsLog:
     """Appends metric records to ``metrics.jsonl`` and shows a progress bar (rank 0 only)."""
 
     def __init__(self, run: Path, ranks: Ranks, total: int, initial: int, show: bool) -> None:
-        self.main = ranks.main
+        self.main, self.run = ranks.main, run
         self.file = open(run / "metrics.jsonl", "a", encoding="utf-8") if self.main else None
         self.bar = None
         if self.main and show:
@@ -552,8 +784,9 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if self.file is None:
             return
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        with writing(self.run, "metrics.jsonl"):
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
         if record["split"] == "eval":
             self.last_eval = f"{record['accuracy']:.3f}"
             log.info(
@@ -580,27 +813,38 @@ class MetricsLog:
 
 
 class StopRequest:
-    """Ctrl-C (SIGINT) asks the loop to stop at the next step boundary, with a checkpoint."""
+    """Ctrl-C (SIGINT) or SIGTERM (``kill``, a cluster's scheduler, torchrun shutting down) asks
+    the loop to stop at the next step boundary, with a checkpoint."""
+
+    SIGNALS: typing.ClassVar[dict[int, str]] = {
+        signal.SIGINT: "interrupted",
+        signal.SIGTERM: "terminated",
+    }
 
     def __init__(self) -> None:
         self.reason = ""
-        self.interrupted = False
-        self.previous: Any = None
+        self.received = 0  # the signal number, 0 for none
+        self.previous: dict[int, Any] = {}
         with contextlib.suppress(ValueError):  # not the main thread: no signal handling
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            for signum in self.SIGNALS:
+                self.previous[signum] = signal.signal(signum, self._handle)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.received != 0
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.interrupted = True
+        self.received = self.received or signum
 
     def poll(self, ranks: Ranks) -> str:
-        flag = torch.tensor([float(self.interrupted)])
+        flag = torch.tensor([float(self.received)])
         if ranks.world > 1:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return "interrupted" if flag.item() else ""
+        return self.SIGNALS.get(int(flag.item()), "")
 
     def restore(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)
 
 
 def setup_distributed(device: str) -> Ranks:
@@ -620,17 +864,83 @@ def setup_distributed(device: str) -> Ranks:
 
 
 def load_run_model(
-    run: Path, which: Literal["best", "latest"] = "best"
+    run: Path, which: Literal["best", "latest"] = "best", *, test_split: bool = False
 ) -> tuple[TrainConfig, Task]:
-    """The run's config and task, with the model weights of its best (or latest) checkpoint."""
-    cfg = read_run_config(run)
-    torch.manual_seed(cfg.seed)
-    task = build_task(cfg)
-    path = latest_checkpoint(run)
-    if which == "best":
-        best = load_checkpoint(path)[2]["progress"]["best_step"]
-        path = next((p for p in list_checkpoints(run) if step_of(p) == best), path)
+    """The run's config and task, with the model weights of its best (or latest) checkpoint.
+
+    The model is rebuilt from the run's config.json and saved classes alone: no training data is
+    generated or read, no pretrained weights are loaded (the checkpoint replaces them). The
+    task's ``train`` is empty, and so is ``test`` unless ``test_split``. Before anything is
+    allocated, the config is checked against the shapes in the checkpoint's header, so an
+    edited or foreign config.json fails fast with a CheckpointError.
+    """
+    run = Path(run)
+    cfg, classes = _read_run_file(run)
+    path = pick_checkpoint(run, which)
+    shapes = read_weights_header(path / "model.safetensors")
+    config = model_config(cfg)
+    _check_layer_count(config.n_layers, shapes, path)
+    with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
+        try:
+            with torch.device("meta"):  # shapes only: nothing is allocated yet
+                skeleton = build_model(cfg, len(classes), config)
+        except RuntimeError as e:  # sizes whose product overflows, say
+            raise CheckpointError(f"{run}/config.json asks sizes no tensor can have ({e})") from e
+        _check_shapes(skeleton, shapes, path)
+        model = build_model(cfg, len(classes), config)
     weights, _, _ = load_checkpoint(path)
-    task.model.load_state_dict(weights)
-    task.model.eval()
-    return cfg, task
+    model.load_state_dict(weights)
+    model.eval()
+    test = load_test_split(cfg) if test_split else ()
+    return cfg, Task(cfg.task, (), test, model, classes)
+
+
+def pick_checkpoint(run: Path, which: Literal["best", "latest"]) -> Path:
+    """The newest intact checkpoint, or the best one it records; a best checkpoint that is gone
+    is an error, never silently the latest."""
+    check_choice("which", which, ("best", "latest"))
+    latest = latest_checkpoint(run)
+    if which == "latest":
+        return latest
+    progress = read_meta(latest).get("progress", {})
+    if progress.get("best_accuracy") is None or progress["best_accuracy"] < 0:
+        log.warning("%s was never evaluated: using its latest checkpoint, %s", run, latest.name)
+        return latest
+    best = progress["best_step"]
+    if best == step_of(latest):
+        return latest
+    path = checkpoint_dir(run) / f"step-{best:08d}"
+    if not path.is_dir():
+        raise CheckpointError(
+            f"the best checkpoint of {run}, step {best}, is missing from {checkpoint_dir(run)}; "
+            f"use --checkpoint latest for {latest.name}"
+        )
+    return path
+
+
+def _check_layer_count(n_layers: int, shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+    """Before a model is built, even on the meta device (a million layers take minutes)."""
+    held = {key.split(".")[3] for key in shapes if key.startswith("encoder.encoder.blocks.")}
+    if n_layers != len(held):
+        raise CheckpointError(
+            f"config.json asks n_layers={n_layers}, but {path}/model.safetensors holds "
+            f"{len(held)} layers"
+        )
+
+
+def _check_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    where = f"{path}/model.safetensors"
+    missing, extra = sorted(expected.keys() - shapes), sorted(shapes.keys() - expected)
+    if missing or extra:
+        raise CheckpointError(
+            f"config.json does not match {where}: the config's model has "
+            f"{', '.join(missing) or 'no key'} not in the checkpoint, the checkpoint has "
+            f"{', '.join(extra) or 'no key'} not in the model"
+        )
+    for key, shape in expected.items():
+        if shapes[key] != shape:
+            raise CheckpointError(
+                f"config.json does not match {where}: {key} should be {shape} by the config, "
+                f"found {shapes[key]}"
+            )

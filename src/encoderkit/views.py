@@ -100,7 +100,7 @@ def image_attention(
     from encoderkit.data.digits import read_digit_image
     from encoderkit.train import load_run_model
 
-    cfg, task = load_run_model(Path(run))
+    cfg, task = load_run_model(Path(run), test_split=image is None)  # test images: --example
     if cfg.task != "digits":
         raise ValueError(f"{run} is a {cfg.task} model; images need a digits run")
     if image is not None:
