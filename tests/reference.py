@@ -77,3 +77,29 @@ def run_torch_fast_path(theirs: nn.Module, x, key_padding_mask):
     ):
         out = theirs(x, src_key_padding_mask=key_padding_mask)
     return out, spy.call_count
+
+
+def assert_padding_never_read(module, x, real, pattern=None):
+    """Filling the padded positions of ``x`` with NaN, +inf or -inf changes nothing: the output,
+    the input gradient (0 at padding) and every parameter gradient equal those of zero padding
+    bit for bit, and all are finite. Returns the output with zero padding."""
+    weight = torch.randn_like(x)
+
+    def run(fill):
+        module.zero_grad()
+        xi = x.masked_fill(~real[..., None], fill).requires_grad_()
+        torch.manual_seed(3)  # the same dropout masks for every fill
+        out = module(xi, real, pattern)
+        (out * weight).sum().backward()  # padded rows included: they are finite too
+        return out, xi.grad, [p.grad.clone() for p in module.parameters()]
+
+    base_out, base_dx, base_dp = run(0.0)
+    assert torch.isfinite(base_out).all()
+    for fill in (float("nan"), float("inf"), float("-inf")):
+        out, dx, dp = run(fill)
+        assert torch.equal(out, base_out), fill
+        assert torch.isfinite(dx).all() and torch.equal(dx, base_dx), fill
+        assert torch.equal(dx[~real], torch.zeros_like(dx[~real]))
+        for a, b in zip(dp, base_dp, strict=True):
+            assert torch.isfinite(a).all() and torch.equal(a, b), fill
+    return base_out

@@ -231,26 +231,6 @@ ck.save_checkpoint({str(tmp_path)!r}, 2, {{"w": torch.zeros(3)}}, {{"step": 2}},
     assert leftovers == []  # the killed save's temporary directory was cleaned up
 
 
-@pytest.mark.slow
-def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
-    run = tmp_path / "run"
-    proc = _cli("train", "--out", str(run), "--max-steps", "3000", "--no-progress",
-                "--n-layers", "1", "--checkpoint-every", "100000")  # fmt: skip
-    deadline = time.time() + 60
-    while time.time() < deadline and not (run / "metrics.jsonl").exists():
-        time.sleep(0.2)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert f"continue with: encoderkit train --resume {run}" in out
-    _, state, _ = load_checkpoint(latest_checkpoint(run))
-    stopped_at = state["progress"]["step"]
-    assert 0 < stopped_at < 3000
-    steps = [r["step"] for r in metrics(run) if r["split"] == "train"]
-    assert steps == list(range(1, stopped_at + 1))
-
-
 TORCHRUN_COMMON = ["--batch-size", "32", "--dropout", "0", "--lr", "1e-4", "--no-progress",
                    "--n-layers", "2", "--eval-every", "3", "--max-steps", "6"]  # fmt: skip
 
@@ -495,18 +475,23 @@ def test_resume_without_a_checkpoint_starts_from_step_0_with_the_saved_config(
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
+@pytest.mark.parametrize(
+    ("signum", "status", "reason"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+)
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path, signum, status, reason):
+    """SIGTERM is what schedulers (and torchrun) send: it is handled like Ctrl-C."""
     run = tmp_path / "run"
     proc = _cli("train", "--out", str(run), "--max-steps", "3000", "--no-progress",
                 "--n-layers", "1", "--checkpoint-every", "100000")  # fmt: skip
     deadline = time.time() + 60
     while time.time() < deadline and not (run / "metrics.jsonl").exists():
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err
-    assert f"terminated; continue with: encoderkit train --resume {run}" in out
-    assert json.loads(out.splitlines()[-2])["stopped"] == "terminated"
+    assert proc.returncode == status, err
+    assert f"{reason}; continue with: encoderkit train --resume {run}" in out
+    assert json.loads(out.splitlines()[-2])["stopped"] == reason
     _, state, _ = load_checkpoint(latest_checkpoint(run))
     stopped_at = state["progress"]["step"]
     assert 0 < stopped_at < 3000

@@ -240,7 +240,19 @@ def compute_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -
 
 def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     """Train (or continue) the run in ``cfg.out``; returns the final figures."""
+    joined = not dist.is_initialized()
     ranks = setup_distributed(cfg.device)
+    try:
+        return train_on(ranks, cfg, resume=resume)
+    finally:
+        if ranks.world > 1 and joined:
+            # Leave the group we joined: torchrun workers that exit inside it can abort at
+            # interpreter shutdown ("terminate called without an active exception").
+            dist.destroy_process_group()
+
+
+def train_on(ranks: Ranks, cfg: TrainConfig, *, resume: bool) -> dict[str, Any]:
+    """:func:`train` on the ranks and device already set up."""
     run = Path(cfg.out)
     resume_from: Path | None = None  # the checkpoint to resume from
     stale = False  # a run of ours that never saved a checkpoint: start it again
@@ -633,7 +645,6 @@ def check_new_run(run: Path) -> bool:
         raise RunError(f"cannot read {run}: {describe_os_error(e)}") from e
     if all(name.startswith(f".tmp-{RUN_MARKER}-") for name in found):  # killed writing it
         return bool(found)
-        return False
     if not is_run_dir(run):
         listed = ", ".join(found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
         raise RunError(
