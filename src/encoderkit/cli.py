@@ -408,8 +408,8 @@ def _file_lines(path: Path) -> Iterator[tuple[int, str]]:
                 except UnicodeDecodeError as e:
                     raise SystemExit(
                         f"encoderkit embed: {path}, line {number}: not UTF-8 text (byte "
-                        f"{raw[e.start]:#04x} at column {e.start + 1}); convert the file, e.g. "
-                        f"iconv -f latin1 -t utf-8"
+                        f"{raw[e.start]:#04x}, byte {e.start + 1} of the line); convert the "
+                        f"file, e.g. iconv -f latin1 -t utf-8"
                     ) from None
                 if number == 1:
                     line = line.removeprefix("\ufeff")  # the UTF-8 BOM some editors write
