@@ -44,47 +44,43 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from encoderkit import Encoder, TextConfig, TextEncoder, save_pretrained
-from encoderkit.files import atomic_write_text
+from benchmarks.flags import comma_list, positive_int, probability
+from benchmarks.gates import diffs_to_ours, gate, max_abs, rel_max
+from benchmarks.measure import (
+    OURS,
+    TRAIN_FLOPS_FACTOR,
+    Timed,
+    forward_flops,
+    matmul_ceiling,
+    time_round_robin,
+    with_speedups,
+)
+from benchmarks.peers import DROPOUT, Group, encoder_group, state_copy, text_group
+from benchmarks.report import machine_info, ms, spread
+from benchmarks.steps import (
+    adamw,
+    infer_once,
+    inference_call,
+    make_target,
+    train_once,
+    training_call,
+)
+from benchmarks.workloads import SHAPES, Batch, Shape, make_batches
+from encoderkit import Encoder
+from encoderkit.utils.files import atomic_write_text
 
-TOLERANCE = 1e-4  # fp32: max abs diff of outputs, and of gradients relative to their largest entry
-TRAIN_FLOPS_FACTOR = 3  # backward is about twice the forward
 MODES = ("infer", "train")
-DROPOUT = 0.1
-OURS = "encoderkit"
-
-
-@dataclass(frozen=True)
-class Shape:
-    name: str
-    n_layers: int
-    d_model: int
-    n_heads: int
-    d_ff: int
-    vocab_size: int = 30522
-    max_positions: int = 512
-
-
-SHAPES = {
-    "minilm": Shape("MiniLM-L6", n_layers=6, d_model=384, n_heads=12, d_ff=1536),
-    "bert-base": Shape("BERT-base", n_layers=12, d_model=768, n_heads=12, d_ff=3072),
-}
 # Timed runs per row after the checked warm-up run, per shape and mode. Measured on the 2-core
 # development CPU: a round over the ten rows of one shape and mode takes about 3 s (MiniLM
 # inference), 12 s (MiniLM training), 18 s (BERT-base inference) and 70 s (BERT-base training).
@@ -99,205 +95,16 @@ DEFAULT_PLAN = {"minilm": {"infer": 3, "train": 2}, "bert-base": {"infer": 1}}
 QUICK_REPEATS = {"infer": 2, "train": 1}
 
 
-@dataclass(frozen=True)
-class Batch:
-    kind: str  # "varlen" or "dense"
-    lengths: tuple[int, ...]
-    seq_len: int
-
-    @property
-    def real(self) -> torch.Tensor:
-        """(B, T) bool, True = real token; right padding."""
-        return torch.arange(self.seq_len)[None, :] < torch.tensor(self.lengths)[:, None]
-
-    @property
-    def mask(self) -> torch.Tensor | None:
-        """What the contenders receive: the padding mask, or None when nothing is padded."""
-        return None if min(self.lengths) == self.seq_len else self.real
-
-    @property
-    def tokens(self) -> int:
-        return sum(self.lengths)
-
-
-def make_batches(
-    batch_size: int = 16, seq_len: int = 128, min_len: int = 32, seed: int = 0
-) -> list[Batch]:
-    """The variable-length batch (lengths uniform in [min_len, seq_len]) and the dense one."""
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(min_len, seq_len + 1, (batch_size,), generator=g).tolist()
-    return [
-        Batch("varlen", tuple(lengths), seq_len),
-        Batch("dense", (seq_len,) * batch_size, seq_len),
-    ]
-
-
-def forward_flops(n_layers: int, d_model: int, d_ff: int, lengths: Sequence[int]) -> int:
-    """Forward FLOPs of the encoder on real tokens, a multiply-add counting 2.
-
-    Per layer: qkv 6 d^2 and output projection 2 d^2 per token, feed-forward 4 d f per token,
-    attention scores and weighted sum 4 d s^2 per sequence of s tokens; norms, softmax and
-    activations are left out (under 1%). For f = 4 d that is 24 T d^2 + 4 d sum(s_i^2).
-    """
-    d, f = d_model, d_ff
-    tokens = sum(lengths)
-    squares = sum(s * s for s in lengths)
-    return n_layers * ((8 * d * d + 4 * d * f) * tokens + 4 * d * squares)
-
-
-def matmul_ceiling(n: int = 2048, repeats: int = 10) -> float:
-    """FLOP/s of an fp32 (n, n) @ (n, n) matmul: the best of ``repeats`` after one warm-up.
-
-    The best, not the median: it is the ceiling, what this machine reaches when nothing else
-    runs, and a model's median must not exceed it because the matmul met a busier moment.
-    """
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
-    times = time_round_robin({"matmul": lambda: a @ b}, warmup=1, repeats=repeats)["matmul"]
-    return 2 * n**3 / min(times)
-
-
-# Contenders
-
-
-@dataclass
-class Contender:
-    name: str
-    model: nn.Module
-    forward: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]  # -> (B, T, D)
-    probe: nn.Parameter  # the weight whose gradient the training check compares
-
-
-@dataclass
-class Group:
-    """Contenders computing the same function on the same weights; encoderkit first."""
-
-    level: str  # "encoder" or "text model"
-    contenders: list[Contender]
-    make_inputs: Callable[[Batch], torch.Tensor]
-
-
-def encoder_group(shape: Shape, seed: int = 0, dropout: float = DROPOUT) -> Group:
-    """encoderkit's Encoder and the nn.TransformerEncoder it was copied from."""
-    torch.manual_seed(seed)
-    d = shape.d_model
-    layer = nn.TransformerEncoderLayer(
-        d,
-        shape.n_heads,
-        shape.d_ff,
-        dropout=dropout,
-        activation="gelu",
-        layer_norm_eps=1e-12,
-        batch_first=True,
-    )
-    theirs = nn.TransformerEncoder(layer, shape.n_layers, enable_nested_tensor=True)
-    with torch.no_grad():  # the layers start as copies of one; give each its own weights
-        for p in theirs.parameters():
-            if p.dim() > 1:
-                nn.init.normal_(p, std=0.02)
-    ours = Encoder.from_torch(theirs)
-
-    def torch_forward(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return theirs(x, src_key_padding_mask=None if mask is None else ~mask)  # True = pad
-
-    def make_inputs(batch: Batch) -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed + 1)
-        return torch.randn(len(batch.lengths), batch.seq_len, d, generator=g)
-
-    return Group(
-        "encoder",
-        [
-            Contender(OURS, ours, ours, ours.blocks[0].attn.qkv.weight),
-            Contender(
-                "nn.TransformerEncoder",
-                theirs,
-                torch_forward,
-                theirs.layers[0].self_attn.in_proj_weight,
-            ),
-        ],
-        make_inputs,
-    )
-
-
-def text_group(shape: Shape, directory: Path, seed: int = 0, dropout: float = DROPOUT) -> Group:
-    """encoderkit's TextEncoder and transformers' BertModel (sdpa, eager) with its weights."""
-    from transformers import BertModel  # a few seconds to import; only the text rows need it
-
-    config = TextConfig(
-        d_model=shape.d_model,
-        n_heads=shape.n_heads,
-        d_ff=shape.d_ff,
-        n_layers=shape.n_layers,
-        vocab_size=shape.vocab_size,
-        max_positions=shape.max_positions,
-        dropout=dropout,
-        attention_dropout=dropout,
-        layer_norm_eps=1e-12,
-    )
-    torch.manual_seed(seed)
-    ours = TextEncoder(config)
-    save_pretrained(ours, directory)
-    contenders = [Contender(OURS, ours, ours, ours.embeddings.tokens.weight)]
-    for impl in ("sdpa", "eager"):
-        # The weights are saved in float32, so they load as float32 under any transformers
-        # default; no dtype argument, whose name changed in 4.56 (torch_dtype -> dtype).
-        hf = BertModel.from_pretrained(directory, attn_implementation=impl, add_pooling_layer=False)
-        if hf.dtype != torch.float32:
-            raise MismatchError(f"HF BertModel {impl} loaded as {hf.dtype}, expected torch.float32")
-        contenders.append(
-            Contender(
-                f"HF BertModel {impl}", hf, _hf_forward(hf), hf.embeddings.word_embeddings.weight
-            )
-        )
-
-    def make_inputs(batch: Batch) -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed + 1)
-        ids = torch.randint(1, shape.vocab_size, (len(batch.lengths), batch.seq_len), generator=g)
-        return ids.masked_fill(~batch.real, config.pad_token_id)  # (B, T)
-
-    return Group("text model", contenders, make_inputs)
-
-
-def _hf_forward(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
-    def forward(ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        attention_mask = None if mask is None else mask.long()
-        return model(input_ids=ids, attention_mask=attention_mask).last_hidden_state
-
-    return forward
-
-
 # The correctness gate
 
 
-class MismatchError(RuntimeError):
-    """A peer computes something other than encoderkit, so its row would not time the same work."""
-
-
-def loss_on_real(hidden: torch.Tensor, real: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The training step's loss: mean squared error to a fixed target on the real tokens.
-
-    (Not the mean square of the states alone: after the last LayerNorm that is 1 for any input,
-    and its gradient is rounding noise.)
-    """
-    return (hidden[real] - target).square().mean()  # (B, T, D)[(B, T)] -> (N_real, D)
-
-
-def make_target(batch: Batch, d_model: int, seed: int = 2) -> torch.Tensor:
-    """A fixed regression target for the real tokens: (N_real, D)."""
-    return torch.randn(batch.tokens, d_model, generator=torch.Generator().manual_seed(seed))
-
-
 def check_inference(group: Group, batch: Batch, inputs: torch.Tensor) -> dict[str, float]:
-    """Max abs diff of each peer's output from encoderkit's on real tokens, run exactly as timed."""
-    outs = {}
-    for c in group.contenders:
-        c.model.eval()
-        with torch.inference_mode():
-            outs[c.name] = c.forward(inputs, batch.mask)
-    ref, real = outs[OURS], batch.real
-    diffs = {name: (out[real] - ref[real]).abs().max().item() for name, out in outs.items()}
-    del diffs[OURS]
-    _gate(diffs, f"{group.level}, {batch.kind} batch, inference output")
+    """Max abs diff of each peer's output from encoderkit's on real tokens, run exactly as timed;
+    MismatchError where one is not within TOLERANCE."""
+    mask, real = batch.mask, batch.real
+    outs = {c.name: infer_once(c, inputs, mask, real) for c in group.contenders}
+    diffs = diffs_to_ours(outs, max_abs)
+    gate(diffs, f"{group.level}, {batch.kind} batch, inference output")
     return diffs
 
 
@@ -310,94 +117,28 @@ def check_training(
 ) -> tuple[dict[str, float], dict[str, float]]:
     """The training step's function with dropout off (eval mode, gradients on): each peer's
     output diff on real tokens, and its probe weight's gradient diff relative to the largest
-    entry of encoderkit's.
+    entry of encoderkit's; MismatchError where one is not within TOLERANCE.
 
     Given ``optimizers``, each contender then steps on the checked gradients, so the check is
     also the warm-up of the whole training step, optimizer state included.
     """
     outs, grads = {}, {}
     for c in group.contenders:
-        c.model.eval()
-        c.model.zero_grad(set_to_none=True)
-        out = c.forward(inputs, batch.mask)
-        loss_on_real(out, batch.real, target).backward()
-        if c.probe.grad is None:
-            raise MismatchError(f"{c.name}: the training loss gave no gradient to the probe weight")
-        outs[c.name], grads[c.name] = out.detach(), c.probe.grad.clone()
-        if optimizers is not None:
-            optimizers[c.name].step()
-        c.model.zero_grad(set_to_none=True)
-    real, scale = batch.real, grads[OURS].abs().max().item()
-    out_diffs = {n: (o[real] - outs[OURS][real]).abs().max().item() for n, o in outs.items()}
-    grad_diffs = {n: (g - grads[OURS]).abs().max().item() / scale for n, g in grads.items()}
-    del out_diffs[OURS], grad_diffs[OURS]
-    _gate(out_diffs, f"{group.level}, {batch.kind} batch, training output")
-    _gate(grad_diffs, f"{group.level}, {batch.kind} batch, training gradient (relative)")
-    return out_diffs, grad_diffs
-
-
-def _gate(diffs: dict[str, float], what: str) -> None:
-    bad = [f"{name} differs by {diff:.3g}" for name, diff in diffs.items() if not diff < TOLERANCE]
-    if bad:  # `not <` also catches NaN
-        raise MismatchError(
-            f"{what}: {'; '.join(bad)} from encoderkit (tolerance {TOLERANCE:g}); "
-            f"these rows would not time the same work"
+        optimizer = None if optimizers is None else optimizers[c.name]
+        outs[c.name], grads[c.name] = train_once(
+            c, inputs, batch.mask, batch.real, target, optimizer
         )
-
-
-# Timing
-
-
-def time_round_robin(
-    calls: dict[str, Callable[[], object]], warmup: int, repeats: int
-) -> dict[str, list[float]]:
-    """Seconds per call of each entry, interleaved A B C, A B C, ... after ``warmup`` rounds."""
-    for _ in range(warmup):
-        for call in calls.values():
-            call()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def inference_call(c: Contender, inputs: torch.Tensor, batch: Batch) -> Callable[[], object]:
-    """A forward in eval mode under ``inference_mode``: the call the inference check made."""
-    mask = batch.mask
-
-    def run() -> None:
-        with torch.inference_mode():
-            c.forward(inputs, mask)
-
-    return run
-
-
-def training_call(
-    c: Contender,
-    inputs: torch.Tensor,
-    batch: Batch,
-    target: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
-) -> Callable[[], object]:
-    """Forward, loss on the real tokens, backward, AdamW step (set train mode first)."""
-    mask, real = batch.mask, batch.real
-
-    def step() -> None:
-        loss_on_real(c.forward(inputs, mask), real, target).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
+    out_diffs, grad_diffs = diffs_to_ours(outs, max_abs), diffs_to_ours(grads, rel_max)
+    gate(out_diffs, f"{group.level}, {batch.kind} batch, training output")
+    gate(grad_diffs, f"{group.level}, {batch.kind} batch, training gradient (relative)")
+    return out_diffs, grad_diffs
 
 
 # Rows and the run
 
 
 @dataclass
-class Row:
+class Row(Timed):
     shape: str
     batch: str
     mode: str
@@ -416,16 +157,12 @@ class Row:
         return self.contender == OURS
 
     @property
-    def median_ms(self) -> float:
-        return statistics.median(self.times_ms)
-
-    @property
     def tokens_per_s(self) -> float:
-        return self.real_tokens / (self.median_ms / 1e3)
+        return self.per_second(self.real_tokens)
 
     @property
     def mfu(self) -> float:
-        return self.flops / (self.median_ms / 1e3) / self.ceiling_flops_per_s
+        return self.flops_per_s / self.ceiling_flops_per_s
 
     def as_dict(self) -> dict[str, Any]:
         derived = {k: getattr(self, k) for k in ("ours", "median_ms", "tokens_per_s", "mfu")}
@@ -495,7 +232,7 @@ def run(
                 encoder.compile_position_wise()
         # Every training row starts from these weights (copies take seconds at BERT-base).
         training = "train" in repeats
-        fresh = [[_copy_state(c.model) for c in g.contenders] if training else [] for g in groups]
+        fresh = [[state_copy(c.model) for c in g.contenders] if training else [] for g in groups]
         for mode in (m for m in MODES if m in repeats):  # inference first: it keeps the weights
             for batch in batches:
                 for group, states in zip(groups, fresh, strict=True):
@@ -515,23 +252,21 @@ def _time_group(
     shape: Shape, group: Group, batch: Batch, mode: str, warmup: int, repeats: int, ceiling: float
 ) -> list[Row]:
     inputs = group.make_inputs(batch)
+    mask, real = batch.mask, batch.real
     grad_diffs: dict[str, float] = {}
     if mode == "infer":
         out_diffs = check_inference(group, batch, inputs)
         for c in group.contenders:
             c.model.eval()
-        calls = {c.name: inference_call(c, inputs, batch) for c in group.contenders}
+        calls = {c.name: inference_call(c.forward, inputs, mask) for c in group.contenders}
     else:
         target = make_target(batch, shape.d_model)
-        optimizers = {
-            c.name: torch.optim.AdamW(c.model.parameters(), lr=1e-5, fused=True)
-            for c in group.contenders
-        }
+        optimizers = {c.name: adamw(c.model, lr=1e-5) for c in group.contenders}
         out_diffs, grad_diffs = check_training(group, batch, inputs, target, optimizers)
         for c in group.contenders:
             c.model.train()
         calls = {
-            c.name: training_call(c, inputs, batch, target, optimizers[c.name])
+            c.name: training_call(c.forward, inputs, mask, real, target, optimizers[c.name])
             for c in group.contenders
         }
     times = time_round_robin(calls, warmup, repeats)
@@ -553,42 +288,10 @@ def _time_group(
         )
         for name, ts in times.items()
     ]
-    ours = rows[0].median_ms
-    best_peer = min(r.median_ms for r in rows[1:])
-    for r in rows:
-        r.speedup = (best_peer if r.ours else r.median_ms) / ours
-    return rows
-
-
-def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return with_speedups(rows)
 
 
 # Reporting
-
-
-def machine_info() -> dict[str, Any]:
-    import transformers
-
-    cpu: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            cpu.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    name = cpu.get("model name") or platform.processor() or "unknown CPU"
-    if "cpu family" in cpu and "model" in cpu:
-        name += f" (family {cpu['cpu family']}, model {cpu['model']})"
-    return {
-        "cpu": name,
-        "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
 
 
 def header(report: Report) -> str:
@@ -617,8 +320,8 @@ def markdown_table(rows: Sequence[Row]) -> str:
             r.mode,
             r.level,
             r.contender,
-            _ms(r.median_ms),
-            f"{_ms(min(r.times_ms))}-{_ms(max(r.times_ms))} ({len(r.times_ms)})",
+            ms(r.median_ms),
+            spread(r.times_ms),
             f"{r.tokens_per_s:,.0f}",
             speedup,
             f"{r.mfu:.1%}",
@@ -629,48 +332,11 @@ def markdown_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def _ms(value: float) -> str:
-    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
-
-
 def _diff(value: float | None) -> str:
     return "" if value is None else f"{value:.1e}"
 
 
 # Command line
-
-
-def comma_list(allowed: Sequence[str]) -> Callable[[str], list[str]]:
-    def parse(text: str) -> list[str]:
-        names = [n.strip() for n in text.split(",") if n.strip()]
-        unknown = [n for n in names if n not in allowed]
-        if unknown or not names:
-            raise argparse.ArgumentTypeError(
-                f"expected a comma-separated list from {', '.join(allowed)}, got {text!r}"
-            )
-        return names
-
-    return parse
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
-    return value
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -18,7 +18,7 @@ from encoderkit import (
     record_attention,
     scaled_dot_product_attention,
 )
-from encoderkit.packing import Packing
+from encoderkit.layers.packing import Packing
 
 B, H, T, K = 3, 4, 7, 8
 ATOL = 1e-5  # fp32 against float64, as torch's own SDPA tests

@@ -15,8 +15,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks import padding_free  # noqa: E402
-from encoderkit.attention import varlen_attention  # noqa: E402
-from encoderkit.packing import Packing  # noqa: E402
+from encoderkit.layers.packing import Packing  # noqa: E402
+from encoderkit.layers.varlen import varlen_attention  # noqa: E402
 
 TINY = EncoderConfig(d_model=16, n_heads=2, d_ff=32, n_layers=1, dropout=0.0, attention_dropout=0.0)
 

@@ -13,7 +13,7 @@ from reference import (
 from torch import nn
 
 from encoderkit import EncoderBlock
-from encoderkit.packing import Packing
+from encoderkit.layers.packing import Packing
 
 D, H, FF = 16, 4, 32
 ATOL = 1e-5

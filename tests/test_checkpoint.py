@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from encoderkit.checkpoint import (
+from encoderkit.training.checkpoint import (
     CheckpointError,
     latest_checkpoint,
     list_checkpoints,
@@ -277,7 +277,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_pat
         save(tmp_path, step, keep_last=5)
     root = tmp_path / "checkpoints"
     flip_a_bit(root / "step-00000003" / "model.safetensors")
-    with caplog.at_level(logging.WARNING, logger="encoderkit.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="encoderkit.training.checkpoint"):
         assert latest_checkpoint(tmp_path) == root / "step-00000002"
     assert "skipping the corrupt checkpoint step-00000003: " in caplog.text
     assert "model.safetensors does not match its SHA-256" in caplog.text
@@ -366,7 +366,7 @@ def test_damage_behind_a_matching_manifest_is_a_checkpoint_error(tmp_path, name,
 def test_a_failed_save_removes_its_temporary_directory_and_names_the_last_intact_one(
     tmp_path, monkeypatch
 ):
-    import encoderkit.checkpoint as ck
+    import encoderkit.training.checkpoint as ck
 
     save(tmp_path, 1)
 

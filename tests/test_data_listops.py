@@ -11,7 +11,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from encoderkit.data import CLS_ID, OPERATORS, PAD_ID, VOCAB, encode, evaluate, generate, tokenize
+from encoderkit.training.data import (
+    CLS_ID,
+    OPERATORS,
+    PAD_ID,
+    VOCAB,
+    encode,
+    evaluate,
+    generate,
+    tokenize,
+)
 
 # LRA's to_value, written recursively on a tree: ("[OP", [children]) or a digit.
 REFERENCE = {

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from encoderkit.data import LabelledTexts, read_labelled_texts, split
+from encoderkit.training.data.text import LabelledTexts, read_labelled_texts, split
 
 ROWS = [
     ("Das Essen war großartig! 😋", "pos"),

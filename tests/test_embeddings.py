@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from encoderkit.embeddings import PatchEmbedding, SinusoidalPositionalEncoding, TokenEmbedding
+from encoderkit.layers.embeddings import PatchEmbedding, TokenEmbedding
+from encoderkit.layers.positions import SinusoidalPositionalEncoding
 
 V, D, T_MAX = 50, 32, 16
 ATOL = 1e-6

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from encoderkit.files import atomic_write, atomic_write_text
+from encoderkit.utils.files import atomic_write, atomic_write_text
 
 
 def test_writes_and_replaces(tmp_path):
@@ -43,7 +43,7 @@ def test_files_get_the_usual_permissions(tmp_path):
 def test_describe_os_error_gives_the_reason_in_words():
     import errno
 
-    from encoderkit.files import describe_os_error
+    from encoderkit.utils.files import describe_os_error
 
     assert describe_os_error(OSError(errno.ENOSPC, "No space left on device")) == (
         "no space left on device"

@@ -19,7 +19,7 @@ pytest.importorskip("PIL", reason="the tests read the PNGs back with Pillow")
 from PIL import Image
 
 from encoderkit import TextConfig, TextEncoder, record_attention
-from encoderkit.heads import (
+from encoderkit.views.head_report import (
     OTHER,
     PATTERNS,
     SENTENCES,

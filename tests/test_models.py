@@ -11,15 +11,12 @@ import torch.nn.functional as F
 from reference import padding_mask
 
 from encoderkit import Encoder, EncoderConfig
-from encoderkit.config import TextConfig, VisionConfig
-from encoderkit.embeddings import PatchEmbedding, TokenEmbedding
-from encoderkit.models import (
-    ImageClassifier,
-    SequenceClassifier,
-    TextEncoder,
-    VisionEncoder,
-    pool_tokens,
-)
+from encoderkit.layers.embeddings import PatchEmbedding, TokenEmbedding
+from encoderkit.models.config import TextConfig, VisionConfig
+from encoderkit.models.heads import ImageClassifier, SequenceClassifier
+from encoderkit.models.pooling import pool_tokens
+from encoderkit.models.text import TextEncoder
+from encoderkit.models.vision import VisionEncoder
 
 ATOL = 1e-5
 TEXT = TextConfig(
@@ -114,7 +111,7 @@ def test_text_encoder_ignores_what_the_padding_holds():
 
 
 def load_through_pretrained(hf_model, tmp_path):
-    from encoderkit.pretrained import load_pretrained
+    from encoderkit.models.pretrained import load_pretrained
 
     hf_model.save_pretrained(tmp_path)
     return load_pretrained(tmp_path)

@@ -14,12 +14,9 @@ from hypothesis import strategies as st
 from reference import padding_mask, perturb_norms_and_biases, reference_attention
 
 from encoderkit import Encoder, EncoderConfig, TextConfig, TextEncoder, record_attention
-from encoderkit.attention import (
-    pick_varlen_kernel,
-    scaled_dot_product_attention,
-    varlen_attention,
-)
-from encoderkit.packing import Packing
+from encoderkit.layers.attention import scaled_dot_product_attention
+from encoderkit.layers.packing import Packing
+from encoderkit.layers.varlen import pick_varlen_kernel, varlen_attention
 
 ATOL = 1e-5
 KERNELS = ["loop", "repad"]

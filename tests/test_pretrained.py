@@ -22,7 +22,7 @@ from encoderkit import (
     load_pretrained,
     save_pretrained,
 )
-from encoderkit.pretrained import config_to_hf
+from encoderkit.models.pretrained import config_to_hf
 
 transformers = pytest.importorskip("transformers", reason="transformers is the reference here")
 
@@ -216,7 +216,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypat
         Path(filename).write_bytes(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr("encoderkit.pretrained.save_file", crash)
+    monkeypatch.setattr("encoderkit.models.pretrained.save_file", crash)
     with pytest.raises(OSError, match="disk full"):
         save_pretrained(tiny_text(dropout=0.0), tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temp files left

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from encoderkit.config import TextConfig, VisionConfig
-from encoderkit.data import listops
-from encoderkit.models import ImageClassifier, SequenceClassifier
-from encoderkit.tasks import Task, build_task, encode_texts, prepare_inputs, text_tokenizer
-from encoderkit.train import TrainConfig
+from encoderkit.models.config import TextConfig, VisionConfig
+from encoderkit.models.heads import ImageClassifier, SequenceClassifier
+from encoderkit.training.data import listops
+from encoderkit.training.loop import TrainConfig
+from encoderkit.training.tasks import Task, build_task, encode_texts, prepare_inputs, text_tokenizer
 
 TINY = {"d_model": 32, "n_heads": 2, "d_ff": 64, "n_layers": 1}
 LISTOPS = {"listops_train_size": 40, "listops_test_size": 10, "listops_max_length": 24}
@@ -44,7 +44,7 @@ def reviews(tmp_path: Path) -> Path:
 
 def test_digits_task_is_the_8x8_split_and_a_vit_with_2x2_patches():
     pytest.importorskip("sklearn", reason="the digits task reads scikit-learn's bundled digits")
-    from encoderkit.data.digits import load_digits_split
+    from encoderkit.training.data.digits import load_digits_split
 
     task = build_task(TrainConfig(task="digits", seed=3, pooling="cls", **TINY))
     (train_images, train_labels), (test_images, test_labels) = task.train, task.test
@@ -102,8 +102,8 @@ def test_text_task_tokenizes_with_minilm_and_truncates(reviews):
     needs_minilm()
     from tokenizers import Tokenizer
 
-    from encoderkit.data.text import read_labelled_texts, split
-    from encoderkit.sentence import shipped_model_path
+    from encoderkit.models.sentence import shipped_model_path
+    from encoderkit.training.data.text import read_labelled_texts, split
 
     cfg = TrainConfig(task="text", data=str(reviews), text_max_length=8, **TINY)
     task = build_task(cfg)
@@ -131,8 +131,8 @@ def test_text_task_tokenizes_with_minilm_and_truncates(reviews):
 
 def test_text_task_from_minilm_copies_its_weights_exactly(reviews, monkeypatch):
     needs_minilm()
-    import encoderkit.pretrained
-    from encoderkit.sentence import shipped_model_path
+    import encoderkit.models.pretrained
+    from encoderkit.models.sentence import shipped_model_path
 
     loaded = []  # what load_pretrained returned, and its weights before build_task went on
 
@@ -141,8 +141,8 @@ def test_text_task_from_minilm_copies_its_weights_exactly(reviews, monkeypatch):
         loaded.append((path, model, {k: v.clone() for k, v in model.state_dict().items()}))
         return model
 
-    load_pretrained = encoderkit.pretrained.load_pretrained
-    monkeypatch.setattr(encoderkit.pretrained, "load_pretrained", recording)
+    load_pretrained = encoderkit.models.pretrained.load_pretrained
+    monkeypatch.setattr(encoderkit.models.pretrained, "load_pretrained", recording)
     cfg = TrainConfig(task="text", data=str(reviews), init="all-MiniLM-L6-v2", dropout=0.0,
                       text_max_length=16)  # fmt: skip
     task = build_task(cfg)
@@ -186,7 +186,7 @@ def test_task_tokens_counts_patches_and_class_token_or_unpadded_tokens():
 
 def test_prepare_inputs_digits_reads_png_files_like_read_digit_image(tmp_path):
     pytest.importorskip("PIL", reason="digit images are read with Pillow")
-    from encoderkit.data.digits import read_digit_image, write_digit_image
+    from encoderkit.training.data.digits import read_digit_image, write_digit_image
 
     g = torch.Generator().manual_seed(0)
     images = torch.rand(3, 1, 8, 8, generator=g) * (torch.rand(3, 1, 8, 8, generator=g) > 0.7)
@@ -230,15 +230,17 @@ def shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
 def test_build_model_is_build_task_s_model_without_the_data(task, monkeypatch):
     if task == "digits":
         pytest.importorskip("sklearn", reason="the digits task reads scikit-learn's digits")
-    from encoderkit.tasks import build_model, model_config
+    from encoderkit.training.tasks import build_model, model_config
 
     cfg = TrainConfig(task=task, seed=4, **TINY, **LISTOPS)
     torch.manual_seed(0)
     want = build_task(cfg).model
     monkeypatch.setattr(listops, "generate", lambda *a, **k: pytest.fail("data generated"))
-    import encoderkit.data.digits
+    import encoderkit.training.data.digits
 
-    monkeypatch.setattr(encoderkit.data.digits, "load_digits_split", lambda **k: pytest.fail())
+    monkeypatch.setattr(
+        encoderkit.training.data.digits, "load_digits_split", lambda **k: pytest.fail()
+    )
     torch.manual_seed(0)
     got = build_model(cfg, 10)
     assert type(got) is type(want) and got.encoder.config == want.encoder.config
@@ -247,7 +249,7 @@ def test_build_model_is_build_task_s_model_without_the_data(task, monkeypatch):
 
 
 def test_load_test_split_generates_only_the_listops_test_split(monkeypatch):
-    from encoderkit.tasks import load_test_split
+    from encoderkit.training.tasks import load_test_split
 
     cfg = TrainConfig(task="listops", seed=2, listops_train_size=10**8, listops_test_size=10,
                       listops_max_length=24)  # fmt: skip
@@ -267,14 +269,14 @@ def test_load_test_split_generates_only_the_listops_test_split(monkeypatch):
 
 def test_minilm_run_model_is_built_from_its_config_without_its_weights(reviews, monkeypatch):
     needs_minilm()
-    import encoderkit.pretrained
-    from encoderkit.tasks import build_model, model_config
+    import encoderkit.models.pretrained
+    from encoderkit.training.tasks import build_model, model_config
 
     cfg = TrainConfig(task="text", data=str(reviews), init="all-MiniLM-L6-v2", dropout=0.0,
                       text_max_length=16)  # fmt: skip
     want = build_task(cfg).model
     monkeypatch.setattr(
-        encoderkit.pretrained, "load_pretrained", lambda *a: pytest.fail("weights loaded")
+        encoderkit.models.pretrained, "load_pretrained", lambda *a: pytest.fail("weights loaded")
     )
     assert model_config(cfg) == want.encoder.config
     with torch.device("meta"):
@@ -286,7 +288,7 @@ def test_minilm_run_model_is_built_from_its_config_without_its_weights(reviews, 
 
 def test_text_run_model_from_scratch_takes_the_tokenizer_s_vocabulary():
     needs_minilm()
-    from encoderkit.tasks import model_config
+    from encoderkit.training.tasks import model_config
 
     config = model_config(TrainConfig(task="text", text_max_length=8, **TINY))
     assert config.vocab_size == text_tokenizer(8).get_vocab_size() and config.max_positions == 8

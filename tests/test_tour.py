@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from encoderkit.tour import padded_lengths, run_tour
+from encoderkit.cli.tour import padded_lengths, run_tour
 
 
 def test_padded_lengths_cover_full_partial_and_empty():

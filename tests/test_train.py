@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from encoderkit.checkpoint import (
+from encoderkit.training.checkpoint import (
     CheckpointError,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
 )
-from encoderkit.train import (
+from encoderkit.training.loop import (
     NonFiniteError,
     RunError,
     TrainConfig,
@@ -93,7 +93,7 @@ def test_checkpoints_keep_the_last_k_and_the_best(tmp_path):
 
 @pytest.mark.parametrize("policy", ["abort", "skip"])
 def test_a_non_finite_loss_never_reaches_the_weights(tmp_path, monkeypatch, policy):
-    import encoderkit.train as training
+    import encoderkit.training.loop as training
 
     real = training.compute_loss
     calls = {"n": 0}
@@ -162,7 +162,7 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
 
 
 def test_listops_learns_above_the_majority_class(tmp_path):
-    from encoderkit.data import listops
+    from encoderkit.training.data import listops
 
     cfg = TrainConfig(task="listops", out=str(tmp_path), listops_train_size=2000,
                       listops_test_size=500, listops_max_length=64, epochs=10, pooling="cls",
@@ -202,7 +202,7 @@ def _cli(*args: str, **kwargs) -> subprocess.Popen:
 def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path):
     script = f"""
 import time, torch
-import encoderkit.checkpoint as ck
+import encoderkit.training.checkpoint as ck
 w = {{"w": torch.ones(3)}}
 ck.save_checkpoint({str(tmp_path)!r}, 1, w, {{"step": 1}}, {{}})
 real = ck.save_file
@@ -224,7 +224,7 @@ ck.save_checkpoint({str(tmp_path)!r}, 2, {{"w": torch.zeros(3)}}, {{"step": 2}},
     assert path.name == "step-00000001"
     weights, state, _ = load_checkpoint(path)
     assert torch.equal(weights["w"], torch.ones(3)) and state == {"step": 1}
-    import encoderkit.checkpoint as ck
+    import encoderkit.training.checkpoint as ck
 
     ck.save_checkpoint(tmp_path, 3, {"w": torch.full((3,), 3.0)}, {}, {})
     leftovers = [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
@@ -347,7 +347,8 @@ def test_train_config_checks_every_field_type_and_finite_floats(field, value, er
     ],
 )
 def test_a_toml_field_of_the_wrong_type_is_refused_naming_the_file(tmp_path, line, message):
-    from encoderkit.cli import build_parser, main, train_config
+    from encoderkit.cli import build_parser, main
+    from encoderkit.cli.train import train_config
 
     config = tmp_path / "run.toml"
     config.write_text(line + "\n")
@@ -402,7 +403,7 @@ def test_a_directory_that_is_not_a_run_is_refused_and_left_untouched(tmp_path):
 
 
 def test_the_run_marker_is_written_before_anything_else(tmp_path, monkeypatch):
-    import encoderkit.train as training
+    import encoderkit.training.loop as training
 
     seen: list[list[str]] = []  # the directory's entries before each write
     real = training.atomic_write_text
@@ -421,7 +422,7 @@ def test_the_run_marker_is_written_before_anything_else(tmp_path, monkeypatch):
 
 
 def _poison_first_step(monkeypatch) -> None:
-    import encoderkit.train as training
+    import encoderkit.training.loop as training
 
     real = training.compute_loss
     monkeypatch.setattr(training, "compute_loss", lambda *a: real(*a) * math.nan)
@@ -450,7 +451,7 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_fresh(tmp_path, caplo
     expected = losses(run)
     shutil.rmtree(run / "checkpoints")  # as if killed before the first save: stale files remain
     (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text() + '{"step": 99, "sp')
-    with caplog.at_level(logging.WARNING, logger="encoderkit.train"):
+    with caplog.at_level(logging.WARNING, logger="encoderkit.training.loop"):
         train(cfg)
     assert "holds no valid checkpoint: starting it again from step 0" in caplog.text
     assert losses(run) == expected  # the same seed, the same run, nothing stale kept
@@ -465,7 +466,7 @@ def test_resume_without_a_checkpoint_starts_from_step_0_with_the_saved_config(
         _poison_first_step(m)
         with pytest.raises(NonFiniteError):
             train(TrainConfig(out=str(run), **TINY))
-    with caplog.at_level(logging.WARNING, logger="encoderkit.train"):
+    with caplog.at_level(logging.WARNING, logger="encoderkit.training.loop"):
         results = train(resume_config(run, {}), resume=True)
     assert "no valid checkpoint (stopped before its first one): starting from step 0" in caplog.text
     assert results["steps"] == 4
@@ -502,7 +503,7 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path, sign
 
 
 def test_a_best_checkpoint_that_is_gone_is_reported_not_replaced(tmp_path, monkeypatch):
-    import encoderkit.train as training
+    import encoderkit.training.loop as training
 
     accuracies = iter([0.9, 0.1])  # the first evaluation (step 2) is the best
     monkeypatch.setattr(training, "evaluate", lambda *a: (1.0, next(accuracies)))
@@ -521,7 +522,7 @@ def test_a_truncated_last_metrics_line_does_not_block_resume(tmp_path, caplog):
     train(TrainConfig(out=str(run), stop_at_step=2, **TINY))
     whole = (run / "metrics.jsonl").read_text()
     (run / "metrics.jsonl").write_text(whole + '{"step": 3, "epoch": 0, "split": "tr')
-    with caplog.at_level(logging.WARNING, logger="encoderkit.train"):
+    with caplog.at_level(logging.WARNING, logger="encoderkit.training.loop"):
         results = train(resume_config(run, {"stop_at_step": None}), resume=True)
     assert results["steps"] == 4
     assert re.search(r"metrics.jsonl: dropping line \d+, cut short", caplog.text)
@@ -543,7 +544,7 @@ def test_a_malformed_metrics_line_is_an_error_naming_the_file_and_line(tmp_path)
 
 
 def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
-    import encoderkit.checkpoint as ck
+    import encoderkit.training.checkpoint as ck
 
     real, calls = ck.save_file, {"n": 0}
 
@@ -575,7 +576,7 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkey
 
 
 def test_a_full_disk_writing_results_names_the_last_checkpoint(tmp_path, monkeypatch):
-    import encoderkit.train as training
+    import encoderkit.training.loop as training
 
     real = training.atomic_write_text
 
@@ -593,12 +594,12 @@ def test_a_full_disk_writing_results_names_the_last_checkpoint(tmp_path, monkeyp
 
 
 def test_an_unwritable_output_directory_is_a_clear_error(tmp_path, monkeypatch):
-    import encoderkit.files
+    import encoderkit.utils.files
 
     def refused(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", kwargs.get("dir"))
 
-    monkeypatch.setattr(encoderkit.files.tempfile, "mkstemp", refused)
+    monkeypatch.setattr(encoderkit.utils.files.tempfile, "mkstemp", refused)
     out = tmp_path / "out"
     out.mkdir()
     from encoderkit.cli import main
@@ -624,7 +625,7 @@ def test_a_read_only_output_directory_is_a_clear_error(tmp_path):
 
 def test_a_run_model_is_rebuilt_without_its_training_data(tmp_path, monkeypatch, capsys):
     from encoderkit.cli import main
-    from encoderkit.data import listops
+    from encoderkit.training.data import listops
 
     run = tmp_path / "run"
     train(TrainConfig(task="listops", out=str(run), listops_train_size=64, listops_test_size=16,
@@ -670,7 +671,7 @@ def test_an_edited_config_is_caught_against_the_checkpoint_header(tiny_run):
     ],
 )
 def test_a_huge_config_fails_fast_without_allocating(tiny_run, monkeypatch, changes, message):
-    import encoderkit.train as training
+    import encoderkit.training.loop as training
 
     real = training.build_model
 

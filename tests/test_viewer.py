@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from encoderkit.viewer import attention_html, write_attention_html
+from encoderkit.views.viewer import attention_html, write_attention_html
 
 CHROMIUM = Path("/usr/bin/chromium")
 # As root, with no network: no sandbox, and none of Chromium's background connections.

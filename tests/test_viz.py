@@ -18,7 +18,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from encoderkit.viz import (
+from encoderkit.views.plots import (
     DPI,
     MAX_FIGURE_INCHES,
     attention_rollout,

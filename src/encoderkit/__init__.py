@@ -1,28 +1,26 @@
 """encoderkit: the Transformer encoder, written like the paper, checked against the references."""
 
-from encoderkit.attention import (
-    MultiHeadSelfAttention,
-    attention_weights,
-    record_attention,
-    scaled_dot_product_attention,
-)
-from encoderkit.block import EncoderBlock
-from encoderkit.config import EncoderConfig, TextConfig, VisionConfig
-from encoderkit.embeddings import PatchEmbedding, SinusoidalPositionalEncoding, TokenEmbedding
-from encoderkit.encoder import Encoder
-from encoderkit.feedforward import FeedForward
-from encoderkit.masks import make_attention_mask
-from encoderkit.models import (
-    ImageClassifier,
-    SequenceClassifier,
-    TextEncoder,
-    VisionEncoder,
-    pool_tokens,
-)
-from encoderkit.pretrained import PretrainedError, load_pretrained, save_pretrained
-from encoderkit.sentence import SentenceEncoder
+from encoderkit import _moved
+from encoderkit.layers.attention import attention_weights, scaled_dot_product_attention
+from encoderkit.layers.block import EncoderBlock
+from encoderkit.layers.config import EncoderConfig
+from encoderkit.layers.embeddings import PatchEmbedding, TokenEmbedding
+from encoderkit.layers.encoder import Encoder
+from encoderkit.layers.feedforward import FeedForward
+from encoderkit.layers.masks import make_attention_mask
+from encoderkit.layers.positions import SinusoidalPositionalEncoding
+from encoderkit.layers.self_attention import MultiHeadSelfAttention, record_attention
+from encoderkit.models.config import TextConfig, VisionConfig
+from encoderkit.models.heads import ImageClassifier, SequenceClassifier
+from encoderkit.models.pooling import pool_tokens
+from encoderkit.models.pretrained import PretrainedError, load_pretrained, save_pretrained
+from encoderkit.models.sentence import SentenceEncoder
+from encoderkit.models.text import TextEncoder
+from encoderkit.models.vision import VisionEncoder
 
 __version__ = "0.1.0"
+
+_moved.install()  # the module paths of 0.1 (encoderkit.attention, ...) keep working
 
 __all__ = [
     "Encoder",

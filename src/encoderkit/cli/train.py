@@ -1,0 +1,193 @@
+"""``encoderkit train``, ``eval``, ``predict`` and ``plot``: a training run's life from the command
+line. Every ``train`` flag is a ``TrainConfig`` field; a TOML file gives defaults that flags
+override."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+import torch
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser(
+        "train", help="train or fine-tune (digits, listops, text); --resume RUN continues"
+    )
+    train.add_argument("--config", type=Path, help="a TOML file of TrainConfig fields")
+    train.add_argument("--resume", type=Path, metavar="RUN", help="continue this run exactly")
+    add_config_flags(train)
+    train.set_defaults(run=run_training)
+
+    evaluate = commands.add_parser("eval", help="accuracy of a run's best checkpoint")
+    evaluate.add_argument("run_dir", metavar="run", type=Path)
+    evaluate.add_argument("--checkpoint", choices=["best", "latest"], default="best")
+    evaluate.set_defaults(run=run_eval)
+
+    predict = commands.add_parser("predict", help="classify texts or image files with a run")
+    predict.add_argument("run_dir", metavar="run", type=Path)
+    predict.add_argument("inputs", nargs="+", help="texts, ListOps expressions or image files")
+    predict.add_argument("--checkpoint", choices=["best", "latest"], default="best")
+    predict.set_defaults(run=run_predict)
+
+    plot = commands.add_parser("plot", help="draw a run's loss and accuracy curves as PNG")
+    plot.add_argument("run_dir", metavar="run", type=Path)
+    plot.add_argument("--out", type=Path, help="the PNG to write (default RUN/curves.png)")
+    plot.set_defaults(run=run_plot)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field; unset flags stay out of the namespace (SUPPRESS), so the
+    TOML file and the saved run config give their values."""
+    from encoderkit.training.loop import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    group = parser.add_argument_group("training configuration (TrainConfig fields)")
+    for f in dataclasses.fields(TrainConfig):
+        flag, hint = "--" + f.name.replace("_", "-"), hints[f.name]
+        kwargs: dict[str, Any] = {
+            "dest": f.name,
+            "default": argparse.SUPPRESS,
+            "help": f"default: {f.default!r}",
+        }
+        if hint is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif typing.get_origin(hint) is typing.Literal:
+            group.add_argument(flag, choices=typing.get_args(hint), **kwargs)
+        elif type(None) in typing.get_args(hint):  # X | None: "none" on the command line
+            base = next(a for a in typing.get_args(hint) if a is not type(None))
+            group.add_argument(flag, type=_optional(base), **kwargs)
+        else:
+            group.add_argument(flag, type=hint, **kwargs)
+
+
+def _optional(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("none", "") else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def train_config(args: argparse.Namespace) -> Any:
+    """TrainConfig from defaults < TOML file < flags, or the saved run's config for --resume."""
+    from encoderkit.training.loop import TrainConfig, check_config_field, resume_config
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        try:
+            values = tomllib.loads(args.config.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ValueError(f"cannot read {args.config}: {e}") from e
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(
+                f"{args.config}: {', '.join(unknown)} not TrainConfig fields; "
+                f"valid fields: {', '.join(sorted(names))}"
+            )
+        for name, value in values.items():  # here, so that the error names the file
+            try:
+                check_config_field(name, value)
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"{args.config}: {e}") from e
+    values |= flags
+    if args.resume is not None:
+        return resume_config(args.resume, values)
+    return TrainConfig(**values)
+
+
+def run_training(args: argparse.Namespace) -> int:
+    import logging
+
+    from encoderkit.models.pretrained import PretrainedError
+    from encoderkit.training.checkpoint import CheckpointError
+    from encoderkit.training.loop import NonFiniteError, train
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        cfg = train_config(args)
+        results = train(cfg, resume=args.resume is not None)
+    except (ValueError, TypeError, OSError, CheckpointError, PretrainedError) as e:
+        raise SystemExit(f"encoderkit train: {e}") from e
+    except NonFiniteError as e:
+        raise SystemExit(f"encoderkit train: {e}") from e
+    if results["best_accuracy"] is None:  # stopped before its first evaluation
+        measured = "test accuracy n/a (not evaluated yet)"
+    else:
+        measured = (
+            f"test accuracy {results['test_accuracy']:.4f} (best {results['best_accuracy']:.4f} "
+            f"at step {results['best_step']})"
+        )
+    print(
+        f"{cfg.task}: {measured} after {results['steps']} steps in {results['seconds']:.0f} s; "
+        f"run directory {cfg.out}"
+    )
+    print(json.dumps(results))
+    exit_codes = {"interrupted": 130, "terminated": 143}  # 128 + SIGINT, 128 + SIGTERM
+    if results["stopped"] in exit_codes:
+        print(f"{results['stopped']}; continue with: encoderkit train --resume {cfg.out}")
+        return exit_codes[results["stopped"]]
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from encoderkit.training.checkpoint import CheckpointError
+    from encoderkit.training.loop import evaluate, load_run_model
+
+    try:
+        cfg, task = load_run_model(args.run_dir, args.checkpoint, test_split=True)
+    except (CheckpointError, ValueError, OSError) as e:
+        raise SystemExit(f"encoderkit eval: {e}") from e
+    loss, accuracy = evaluate(task.model, task.test, cfg, torch.device("cpu"))
+    print(
+        json.dumps(
+            {
+                "run": str(args.run_dir),
+                "task": cfg.task,
+                "test_examples": len(task.test[-1]),
+                "loss": round(loss, 4),
+                "accuracy": round(accuracy, 4),
+            }
+        )
+    )
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from encoderkit.training.checkpoint import CheckpointError
+    from encoderkit.training.loop import load_run_model
+    from encoderkit.training.tasks import prepare_inputs
+
+    try:
+        cfg, task = load_run_model(args.run_dir, args.checkpoint)
+        inputs = prepare_inputs(cfg, args.inputs)
+    except (CheckpointError, ValueError, OSError) as e:
+        raise SystemExit(f"encoderkit predict: {e}") from e
+    with torch.no_grad():
+        probs = task.model(*inputs).softmax(-1)
+    for text, p in zip(args.inputs, probs, strict=True):
+        k = int(p.argmax())
+        print(f"{task.classes[k]}\t{float(p[k]):.3f}\t{text}")
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from encoderkit.views.plots import plot_run
+
+    try:
+        print(plot_run(args.run_dir, args.out))
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"encoderkit plot: {e}") from e
+    return 0

@@ -1,0 +1,60 @@
+"""The building blocks, written like the paper: attention and its variable-length kernels, masks,
+packing, the feed-forward layer, the block, the encoder, embeddings and position encodings.
+
+Nothing here imports from the layers above (models, training, views, the command line).
+"""
+
+from encoderkit.layers.attention import (
+    BACKENDS,
+    Backend,
+    attention_weights,
+    scaled_dot_product_attention,
+)
+from encoderkit.layers.block import EncoderBlock
+from encoderkit.layers.config import EncoderConfig
+from encoderkit.layers.embeddings import PatchEmbedding, TokenEmbedding, check_token_ids
+from encoderkit.layers.encoder import Encoder, init_weights
+from encoderkit.layers.feedforward import ACTIVATIONS, Activation, FeedForward
+from encoderkit.layers.masks import make_attention_mask, padding_mask_bool, padding_to_key_mask
+from encoderkit.layers.packing import Packing
+from encoderkit.layers.positions import PositionEncoding, SinusoidalPositionalEncoding
+from encoderkit.layers.self_attention import MultiHeadSelfAttention, record_attention
+from encoderkit.layers.varlen import (
+    VARLEN_KERNELS,
+    VarlenKernel,
+    packed_attention_weights,
+    pick_varlen_kernel,
+    varlen_attention,
+    varlen_kernel_applies,
+)
+
+__all__ = [
+    "ACTIVATIONS",
+    "BACKENDS",
+    "VARLEN_KERNELS",
+    "Activation",
+    "Backend",
+    "Encoder",
+    "EncoderBlock",
+    "EncoderConfig",
+    "FeedForward",
+    "MultiHeadSelfAttention",
+    "Packing",
+    "PatchEmbedding",
+    "PositionEncoding",
+    "SinusoidalPositionalEncoding",
+    "TokenEmbedding",
+    "VarlenKernel",
+    "attention_weights",
+    "check_token_ids",
+    "init_weights",
+    "make_attention_mask",
+    "packed_attention_weights",
+    "padding_mask_bool",
+    "padding_to_key_mask",
+    "pick_varlen_kernel",
+    "record_attention",
+    "scaled_dot_product_attention",
+    "varlen_attention",
+    "varlen_kernel_applies",
+]

@@ -1,0 +1,191 @@
+"""What the encoder reads: token, position and segment embeddings for text (BERT, Devlin et al.
+2019, section 3), the fixed sinusoidal encoding (Vaswani et al. 2017, section 3.5), and patch
+embeddings with a class token for images (ViT, Dosovitskiy et al. 2021, section 3.1).
+
+Shape legend: B batch, T tokens, D model width, C channels, N patches, P patch size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from encoderkit.layers.positions import PositionEncoding, SinusoidalPositionalEncoding
+from encoderkit.utils.checks import check_input_dtype, check_positive_int, check_probability
+
+
+class TokenEmbedding(nn.Module):
+    """BERT's input: token + position + segment embeddings, then LayerNorm and dropout."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int,
+        max_positions: int,
+        type_vocab_size: int = 2,
+        position_encoding: PositionEncoding = "learned",
+        layer_norm_eps: float = 1e-12,
+        dropout: float = 0.1,
+        pad_token_id: int | None = 0,
+    ) -> None:
+        super().__init__()
+        check_positive_int("vocab_size", vocab_size)
+        check_positive_int("d_model", d_model)
+        check_positive_int("max_positions", max_positions)
+        check_probability("dropout", dropout)
+        if pad_token_id is not None and not 0 <= pad_token_id < vocab_size:
+            raise ValueError(
+                f"pad_token_id must lie in [0, vocab_size={vocab_size}), got {pad_token_id!r}"
+            )
+        if position_encoding not in ("learned", "sinusoidal"):
+            raise ValueError(
+                f"position_encoding must be 'learned' or 'sinusoidal', got {position_encoding!r}"
+            )
+        self.vocab_size, self.max_positions = vocab_size, max_positions
+        self.tokens = nn.Embedding(vocab_size, d_model, padding_idx=pad_token_id)
+        self.positions: nn.Module = (
+            nn.Embedding(max_positions, d_model)
+            if position_encoding == "learned"
+            else SinusoidalPositionalEncoding(d_model, max_positions)
+        )
+        self.segments = nn.Embedding(type_vocab_size, d_model) if type_vocab_size > 0 else None
+        self.norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """input_ids (B, T) -> (B, T, D)."""
+        T = check_token_ids("input_ids", input_ids, self.vocab_size).shape[1]
+        if T > self.max_positions:
+            raise ValueError(
+                f"input_ids has {T} tokens, more than the model's max_positions "
+                f"{self.max_positions}; truncate the input"
+            )
+        x = self.tokens(input_ids)  # (B, T) -> (B, T, D)
+        if self.segments is not None:
+            x = x + _segment_embeddings(self.segments, input_ids, token_type_ids)
+        elif token_type_ids is not None:
+            raise ValueError("token_type_ids given, but this model has no segment embeddings")
+        if isinstance(self.positions, nn.Embedding):
+            x = x + self.positions.weight[:T]  # (T, D) broadcast over B
+        else:
+            x = x + self.positions(T).to(x.dtype)
+        return self.drop(self.norm(x))
+
+
+def _segment_embeddings(
+    table: nn.Embedding, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None
+) -> torch.Tensor:
+    if token_type_ids is None:
+        return table.weight[0]  # every token in segment 0
+    if token_type_ids.shape != input_ids.shape:
+        raise ValueError(
+            f"token_type_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
+            f"got {tuple(token_type_ids.shape)}"
+        )
+    check_token_ids("token_type_ids", token_type_ids, table.num_embeddings)
+    return table(token_type_ids)
+
+
+def check_token_ids(name: str, ids: object, vocab_size: int) -> torch.Tensor:
+    """ids must be a 2-D integer tensor with values in [0, vocab_size)."""
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(ids).__name__}")
+    if ids.dtype not in (torch.int64, torch.int32):  # what nn.Embedding can index with
+        raise TypeError(f"{name} must be an int64 or int32 tensor, got dtype {ids.dtype}")
+    if ids.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (B, T), got shape {tuple(ids.shape)}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise ValueError(
+            f"{name} must lie in [0, {vocab_size}), got values from {int(ids.min())} "
+            f"to {int(ids.max())}"
+        )
+    return ids
+
+
+class PatchEmbedding(nn.Module):
+    """Cut the image into P x P patches, project each to D (a strided convolution), prepend a
+    class token and add learned position embeddings.
+
+    Images of another size than ``image_size`` work when both sides divide by the patch size:
+    the position grid is resized by bicubic interpolation, as for ViT fine-tuning at a higher
+    resolution (Dosovitskiy et al. 2021, section 3.2).
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        patch_size: int,
+        num_channels: int,
+        d_model: int,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("image_size", image_size),
+            ("patch_size", patch_size),
+            ("num_channels", num_channels),
+            ("d_model", d_model),
+        ):
+            check_positive_int(name, value)
+        if image_size % patch_size:
+            raise ValueError(
+                f"image_size must be divisible by patch_size, got {image_size} and {patch_size}"
+            )
+        check_probability("dropout", dropout)
+        self.image_size, self.patch_size, self.num_channels = image_size, patch_size, num_channels
+        self.grid = image_size // patch_size
+        self.proj = nn.Conv2d(num_channels, d_model, kernel_size=patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d_model))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, d_model))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02, a=-0.04, b=0.04)
+        nn.init.trunc_normal_(self.cls_token, std=0.02, a=-0.04, b=0.04)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (B, C, H, W) -> (B, 1 + N, D) with N = (H / P) (W / P); an empty batch (B = 0)
+        gives (0, 1 + N, D)."""
+        B, _, H, W = self.check_pixels(pixels).shape
+        x = self.proj(pixels)  # (B, C, H, W) -> (B, D, H/P, W/P)
+        x = x.flatten(2).transpose(1, 2)  # -> (B, N, D)
+        cls = self.cls_token.expand(B, -1, -1)  # (1, 1, D) -> (B, 1, D)
+        x = torch.cat([cls, x], dim=1)  # -> (B, 1 + N, D)
+        return self.drop(x + self.position_embeddings(H // self.patch_size, W // self.patch_size))
+
+    def position_embeddings(self, rows: int, cols: int) -> torch.Tensor:
+        """(1, 1 + rows * cols, D): the trained grid, resized bicubically when it differs."""
+        if (rows, cols) == (self.grid, self.grid):
+            return self.pos_embed
+        D = self.pos_embed.shape[-1]
+        cls_pos, grid_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        grid_pos = grid_pos.reshape(1, self.grid, self.grid, D).permute(0, 3, 1, 2)  # (1, D, g, g)
+        grid_pos = F.interpolate(grid_pos, size=(rows, cols), mode="bicubic", align_corners=False)
+        grid_pos = grid_pos.permute(0, 2, 3, 1).reshape(1, rows * cols, D)  # -> (1, N, D)
+        return torch.cat([cls_pos, grid_pos], dim=1)
+
+    def check_pixels(self, pixels: object) -> torch.Tensor:
+        if not isinstance(pixels, torch.Tensor):
+            raise TypeError(f"pixels must be a torch.Tensor, got {type(pixels).__name__}")
+        if not pixels.is_floating_point():
+            raise TypeError(f"pixels must be floating point, got dtype {pixels.dtype}")
+        if pixels.dim() != 4:
+            raise ValueError(f"pixels must be 4-D (B, C, H, W), got shape {tuple(pixels.shape)}")
+        _, C, H, W = pixels.shape
+        if C != self.num_channels:
+            raise ValueError(
+                f"pixels must have {self.num_channels} channels, got {C} "
+                f"(shape {tuple(pixels.shape)})"
+            )
+        if H < self.patch_size or W < self.patch_size:  # 0 x 0 divides by anything
+            raise ValueError(
+                f"image height and width must be at least the patch size {self.patch_size}, "
+                f"got {H} x {W}"
+            )
+        if H % self.patch_size or W % self.patch_size:
+            raise ValueError(
+                f"image height and width must be divisible by the patch size {self.patch_size}, "
+                f"got {H} x {W}; resize the image"
+            )
+        return check_input_dtype(pixels, self.proj.weight.dtype, "pixels")

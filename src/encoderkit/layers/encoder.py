@@ -1,0 +1,186 @@
+"""The encoder: N identical blocks (Vaswani et al. 2017, section 3.1), plus a final LayerNorm
+when the blocks are pre-norm (ViT; ``nn.TransformerEncoder(norm=...)``), since pre-norm blocks
+leave the residual stream unnormalised.
+
+Padded batches run padding-free (``config.padding_free``, on by default): the real tokens are
+packed once into (N, D), every block runs on them, and the output is unpacked once, so padding
+costs no matmul (see :mod:`encoderkit.layers.packing`). With an ``attn_mask`` pattern, or with
+``padding_free=False``, the blocks run on the padded batch under a key-padding mask instead.
+Either way padded positions are never read (packed away, or replaced by zeros on the way in, since
+a score mask alone lets NaN through: 0 * NaN is NaN) and the encoder returns exactly 0 there, as
+torch's nested-tensor fast path does, so results never depend on what the padding holds.
+
+Shape legend: B batch, T tokens, N real tokens, D model width, H heads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from encoderkit.layers.block import EncoderBlock, torch_activation_name
+from encoderkit.layers.config import EncoderConfig
+from encoderkit.layers.masks import make_attention_mask, padding_mask_bool
+from encoderkit.layers.packing import Packing
+from encoderkit.utils.checks import check_hidden_states, check_input_dtype
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        if not isinstance(config, EncoderConfig):
+            raise TypeError(f"config must be an EncoderConfig, got {type(config).__name__}")
+        self.config = config
+        c = config
+        self.blocks = nn.ModuleList(
+            EncoderBlock(
+                c.d_model,
+                c.n_heads,
+                c.d_ff,
+                dropout=c.dropout,
+                activation=c.activation,
+                norm_first=c.norm_first,
+                layer_norm_eps=c.layer_norm_eps,
+                attention_dropout=c.attention_dropout,
+                bias=c.bias,
+                attention_backend=c.attention_backend,
+                ff_dropout=c.ff_dropout,
+            )
+            for _ in range(c.n_layers)
+        )
+        self.norm = (
+            nn.LayerNorm(c.d_model, eps=c.layer_norm_eps, bias=c.bias)
+            if c.norm_first
+            else nn.Identity()
+        )
+        self.apply(init_weights)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (B, T, D) -> (B, T, D); ``attention_mask`` (B, T) True/1 = real token."""
+        B, T, _ = check_hidden_states(x, self.config.d_model).shape
+        check_input_dtype(x, next(self.parameters()).dtype)
+        real = None if attention_mask is None else padding_mask_bool(attention_mask, B, T)
+        if real is not None and bool(real.all()):
+            real = None  # nothing is padded: no mask at all
+        if real is not None and attn_mask is None and self.config.padding_free:
+            packing = Packing.from_mask(real)
+            h = packing.pack(x)  # (B, T, D) -> (N, D): the real tokens only
+            for block in self.blocks:
+                h = block(h, packing=packing)
+            return packing.unpack(self.norm(h))  # (N, D) -> (B, T, D), 0 at padded positions
+        # Merged once here; every block receives the same 4-D mask.
+        mask = make_attention_mask(
+            real,
+            attn_mask,
+            batch_size=B,
+            seq_len=T,
+            n_heads=self.config.n_heads,
+            dtype=x.dtype,
+        )
+        if real is not None:
+            # Once here, so the blocks (given only the 4-D mask) never see what padding held
+            x = x.masked_fill(~real[..., None], 0.0)  # (B, T) -> (B, T, 1)
+        for block in self.blocks:
+            x = block(x, attn_mask=mask)
+        x = self.norm(x)
+        if real is not None:
+            x = x.masked_fill(~real[..., None], 0.0)  # (B, T) -> (B, T, 1): padded outputs are 0
+        return x
+
+    def compile_position_wise(self, **options: object) -> Encoder:
+        """``torch.compile`` each block's feed-forward and LayerNorms, in place; returns self.
+
+        Those are the sublayers whose elementwise work (bias, activation, normalisation) a
+        compiler can fuse. They are compiled with dynamic shapes, so packed batches of any size
+        reuse one graph. Attention stays eager: its per-sequence kernel would recompile for every
+        new set of lengths. ``options`` go to ``torch.compile`` (e.g. ``mode="max-autotune"``).
+        The first forward compiles (seconds; on the CPU it needs a C++ compiler).
+        """
+        options = {"dynamic": True, **options}
+        for block in self.blocks.children():
+            if isinstance(block, EncoderBlock):
+                for sublayer in (block.ff, block.norm1, block.norm2):
+                    sublayer.compile(**options)
+        return self
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @classmethod
+    def from_torch(cls, encoder: nn.TransformerEncoder) -> Encoder:
+        """Copy a ``torch.nn.TransformerEncoder`` built from one ``TransformerEncoderLayer``.
+
+        Pre-norm layers need the encoder's final ``norm`` and post-norm layers must not have one,
+        which is what our ``Encoder`` computes. Pass ``attention_mask=~src_key_padding_mask``.
+        """
+        if not isinstance(encoder, nn.TransformerEncoder):
+            raise TypeError(f"expected nn.TransformerEncoder, got {type(encoder).__name__}")
+        blocks = [EncoderBlock.from_torch(layer) for layer in encoder.layers]
+        first = encoder.layers[0]
+        sa = first.self_attn
+        config = EncoderConfig(
+            d_model=sa.embed_dim,
+            n_heads=sa.num_heads,
+            d_ff=first.linear1.out_features,
+            n_layers=len(blocks),
+            dropout=first.dropout.p,
+            attention_dropout=sa.dropout,
+            ff_dropout=first.dropout.p,
+            activation=torch_activation_name(first.activation),
+            norm_first=first.norm_first,
+            layer_norm_eps=first.norm1.eps,
+            bias=sa.in_proj_bias is not None,
+        )
+        final = encoder.norm
+        if (final is not None) != config.norm_first:
+            raise ValueError(
+                f"expected a final norm exactly when the layers are pre-norm; got "
+                f"norm_first={config.norm_first} and norm={final!r}"
+            )
+        like_layers = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias)
+        if final is not None and (
+            not isinstance(final, nn.LayerNorm)
+            or (final.normalized_shape, final.eps, final.elementwise_affine, final.bias is None)
+            != (like_layers.normalized_shape, like_layers.eps, True, like_layers.bias is None)
+        ):
+            raise ValueError(
+                f"expected the final norm to match the layers' norms, {like_layers!r}, "
+                f"got {final!r}"
+            )
+        model = cls(config).to(device=sa.in_proj_weight.device, dtype=sa.in_proj_weight.dtype)
+        for ours, theirs in zip(model.blocks, blocks, strict=True):
+            ours.load_state_dict(theirs.state_dict())
+        if final is not None:
+            model.norm.load_state_dict(final.state_dict())
+        return model
+
+
+def init_weights(module: nn.Module) -> None:
+    """BERT / ViT initialisation: Linear weights ~ N(0, 0.02) truncated at 2 std, zero biases."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+@torch.no_grad()
+def trunc_normal_(tensor: torch.Tensor, std: float) -> torch.Tensor:
+    """Fill with N(0, std^2) truncated to [-2 std, 2 std], by inverting the normal CDF.
+
+    The same distribution as ``nn.init.trunc_normal_``, whose rejection sampling takes seconds
+    for a BERT-size model.
+    """
+    edge = math.erf(2 / math.sqrt(2))  # CDF(2) - CDF(-2), mapped to [-1, 1]
+    tensor.uniform_(-edge, edge).erfinv_()  # U(CDF(-2), CDF(2)) -> Phi^-1, up to sqrt(2)
+    return tensor.mul_(std * math.sqrt(2)).clamp_(-2 * std, 2 * std)

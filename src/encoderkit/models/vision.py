@@ -1,0 +1,40 @@
+"""The ViT-style image encoder (Dosovitskiy et al. 2021): patch embeddings with a class token,
+then the encoder.
+
+Shape legend: B batch, C channels, N patches, D model width.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from encoderkit.layers.embeddings import PatchEmbedding
+from encoderkit.layers.encoder import Encoder
+from encoderkit.models.config import VisionConfig
+from encoderkit.models.pooling import Pooler
+
+
+class VisionEncoder(nn.Module):
+    """Patch embeddings with a class token, then the encoder: (B, C, H, W) -> (B, 1 + N, D).
+
+    With pre-norm blocks (ViT) the encoder ends in the final LayerNorm.
+    """
+
+    def __init__(self, config: VisionConfig) -> None:
+        super().__init__()
+        if not isinstance(config, VisionConfig):
+            raise TypeError(f"config must be a VisionConfig, got {type(config).__name__}")
+        self.config = c = config
+        self.embeddings = PatchEmbedding(
+            c.image_size, c.patch_size, c.num_channels, c.d_model, c.dropout
+        )
+        self.encoder = Encoder(c)
+        self.pooler = Pooler(c.d_model) if c.pooler else None
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.embeddings(pixels))  # (B, C, H, W) -> (B, 1 + N, D)
+
+    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        first = hidden[:, 0]  # the class token: (B, 1 + N, D) -> (B, D)
+        return first if self.pooler is None else self.pooler(first)
