@@ -67,7 +67,7 @@ from benchmarks.measure import (
     with_speedups,
 )
 from benchmarks.peers import DROPOUT, Group, encoder_group, state_copy, text_group
-from benchmarks.report import machine_info, ms, spread
+from benchmarks.report import machine_info, ms, spread, table
 from benchmarks.steps import (
     adamw,
     infer_once,
@@ -307,29 +307,30 @@ def header(report: Report) -> str:
 
 
 def markdown_table(rows: Sequence[Row]) -> str:
-    lines = [
-        "| shape | batch | mode | model | contender | median ms | min-max ms (runs) | real tok/s "
-        "| encoderkit speed-up | MFU | out diff | grad diff (rel) |",
-        "|---|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|",
-    ]
+    columns = (
+        "shape | batch | mode | model | contender | median ms | min-max ms (runs) | real tok/s "
+        "| encoderkit speed-up | MFU | out diff | grad diff (rel)"
+    ).split(" | ")
+    cells = []
     for r in rows:
         speedup = f"**{r.speedup:.2f}x** vs best peer" if r.ours else f"{r.speedup:.2f}x"
-        cells = [
-            r.shape,
-            r.batch,
-            r.mode,
-            r.level,
-            r.contender,
-            ms(r.median_ms),
-            spread(r.times_ms),
-            f"{r.tokens_per_s:,.0f}",
-            speedup,
-            f"{r.mfu:.1%}",
-            "ref" if r.ours else _diff(r.out_diff),
-            "ref" if r.ours and r.mode == "train" else _diff(r.grad_diff),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        cells.append(
+            [
+                r.shape,
+                r.batch,
+                r.mode,
+                r.level,
+                r.contender,
+                ms(r.median_ms),
+                spread(r.times_ms),
+                f"{r.tokens_per_s:,.0f}",
+                speedup,
+                f"{r.mfu:.1%}",
+                "ref" if r.ours else _diff(r.out_diff),
+                "ref" if r.ours and r.mode == "train" else _diff(r.grad_diff),
+            ]
+        )
+    return "\n".join(table(columns, "lllllrrrrrrr", cells))
 
 
 def _diff(value: float | None) -> str:

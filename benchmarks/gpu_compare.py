@@ -42,7 +42,8 @@ from encoderkit.layers.varlen import pick_varlen_kernel
 
 
 def run_compare(b: Bench, section: Section) -> None:
-    """compare.py's groups on the device: bf16 inference, then bf16-autocast training."""
+    """The groups compare.py races (``benchmarks.peers``) on the device: bf16 inference, then
+    bf16-autocast training."""
     sz = b.sizes
     batches = make_batches(sz.batch_size, sz.seq_len, sz.min_len, seed=0)
     for batch in batches:
@@ -73,7 +74,7 @@ def run_compare(b: Bench, section: Section) -> None:
 
 
 def build_groups(b: Bench, section: Section) -> list[Group]:
-    """compare.py's encoder and text-model groups, each built on its own, on the CPU in fp32."""
+    """The encoder and text-model groups, each built on its own, on the CPU in fp32."""
     groups = []
     with guarded(b, section, "build the encoder group"):
         groups.append(encoder_group(b.sizes.shape, dropout=b.dropout))

@@ -13,7 +13,7 @@ from typing import Any
 
 from benchmarks.gpu_bench import Bench, Row, Section
 from benchmarks.measure import OURS
-from benchmarks.report import ms
+from benchmarks.report import ms, spread, table
 from encoderkit.utils.files import atomic_write_text
 
 RESULTS = "gpu"  # DIR/gpu.json and DIR/gpu.md
@@ -51,40 +51,35 @@ def markdown(b: Bench, sections: Sequence[Section]) -> str:
         items += [f"- {k}: {v}" for k, v in s.info.items() if k != "targets"]
         lines += ["", *items] if items else []
         if s.info.get("targets"):
-            lines += ["", "| target | value | wanted | verdict |", "|---|--:|--:|---|"]
-            lines += [
-                f"| {t['what']} | {t['value']:.2f}x | >= {t['target']:g}x | {t['verdict']} |"
+            cells = [
+                [t["what"], f"{t['value']:.2f}x", f">= {t['target']:g}x", t["verdict"]]
                 for t in s.info["targets"]
             ]
+            lines += ["", *table(("target", "value", "wanted", "verdict"), "lrrl", cells)]
         if s.checks:
-            lines += [
-                "",
-                "| check | metric | value | tolerance | result |",
-                "|---|---|--:|--:|---|",
-            ]
+            cells = []
             for c in s.checks:
                 verdict = "**FAILED**" if c.passed is False else c.verdict
                 result = f"{verdict}: {c.note}" if c.note else verdict
-                lines.append(
-                    f"| {c.name} | {c.metric} | {_num(c.value)} | {_num(c.tolerance)} | {result} |"
-                )
+                cells.append([c.name, c.metric, _num(c.value), _num(c.tolerance), result])
+            columns = ("check", "metric", "value", "tolerance", "result")
+            lines += ["", *table(columns, "llrrl", cells)]
         if s.rows:
             lines += ["", _rows_table(s.rows)]
     return "\n".join(lines) + "\n"
 
 
 def _rows_table(rows: Sequence[Row]) -> str:
-    lines = [
-        "| case | contender | median ms | min-max ms (runs) | throughput | speed-up | TFLOP/s "
-        "| MFU (ceiling) | MFU (989) | out diff | grad diff | extra memory |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
-    ]
-    for r in rows:
-        cells = [
+    columns = (
+        "case | contender | median ms | min-max ms (runs) | throughput | speed-up | TFLOP/s "
+        "| MFU (ceiling) | MFU (989) | out diff | grad diff | extra memory"
+    ).split(" | ")
+    cells = [
+        [
             r.case,
             r.contender,
             ms(r.median_ms),
-            f"{ms(min(r.times_ms))}-{ms(max(r.times_ms))} ({len(r.times_ms)})",
+            spread(r.times_ms),
             f"{r.per_s:,.0f} {r.unit}/s",
             _speedup(r),
             f"{r.tflops:.1f}",
@@ -94,8 +89,9 @@ def _rows_table(rows: Sequence[Row]) -> str:
             _num(r.grad_diff),
             _memory(r),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        for r in rows
+    ]
+    return "\n".join(table(columns, "llrrrrrrrrrr", cells))
 
 
 def _memory(row: Row) -> str:

@@ -36,7 +36,6 @@ from benchmarks.peers import state_copy
 from benchmarks.steps import adamw
 from encoderkit import ImageClassifier, VisionConfig
 
-
 TIMM_TOP = {
     "encoder.embeddings.cls_token": "cls_token",
     "encoder.embeddings.pos_embed": "pos_embed",
@@ -198,8 +197,8 @@ def time_vit(
     flops *= TRAIN_FLOPS_FACTOR if train else 1
     if not gate:  # not the same weights: nothing to compare
         logits, grads = {}, {}
-    mode = "train" if train else "infer"
-    return gated_rows(b, section, case, "logits", logits, grads, calls, mode, (len(x), "img"), flops)
+    mode, per_call = ("train" if train else "infer"), (len(x), "img")
+    return gated_rows(b, section, case, "logits", logits, grads, calls, mode, per_call, flops)
 
 
 def _vit_infer_once(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

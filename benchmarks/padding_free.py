@@ -34,11 +34,14 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from benchmarks.compare import Batch, machine_info, make_batches, time_round_robin
+from benchmarks.measure import time_round_robin
+from benchmarks.report import machine_info, table
+from benchmarks.steps import attention_call
+from benchmarks.workloads import Batch, make_batches
 from encoderkit import Encoder, EncoderConfig
-from encoderkit.attention import varlen_attention
-from encoderkit.files import atomic_write_text
-from encoderkit.packing import Packing
+from encoderkit.layers.packing import Packing
+from encoderkit.layers.varlen import varlen_attention
+from encoderkit.utils.files import atomic_write_text
 
 CONFIG = dataclasses.replace(EncoderConfig.minilm_l6(), dropout=0.0, attention_dropout=0.0)
 
@@ -121,7 +124,9 @@ def attention_kernels(repeats: int, config: EncoderConfig = CONFIG) -> list[dict
             diff = (kernel(*qkv) - expected).abs().max().item()
             if not diff < 1e-5:
                 raise RuntimeError(f"attention kernel {name} differs from loop by {diff:.3g}")
-            calls[name] = _kernel_call(kernel, qkv, backward=mode != "forward")
+            backward = mode != "forward"
+            inputs = [t.clone().requires_grad_() for t in qkv] if backward else qkv
+            calls[name] = attention_call(kernel, inputs, backward)
         times = time_round_robin(calls, warmup=1, repeats=repeats)
         best = min(statistics.median(v) for v in times.values())
         for name, ts in times.items():
@@ -159,43 +164,28 @@ def _nested_attention(
     return out.transpose(1, 2).values()  # (B, s_b, H, K) -> (N, H, K)
 
 
-def _kernel_call(
-    kernel: Callable[..., torch.Tensor], qkv: Sequence[torch.Tensor], backward: bool
-) -> Callable[[], object]:
-    if not backward:
-
-        def forward() -> None:
-            with torch.no_grad():  # nested tensors refuse inference_mode
-                kernel(*qkv)
-
-        return forward
-    leaves = [t.clone().requires_grad_() for t in qkv]
-
-    def both() -> None:
-        kernel(*leaves).sum().backward()
-        for t in leaves:
-            t.grad = None
-
-    return both
-
-
 def markdown(fills: Sequence[dict[str, object]], kernels: Sequence[dict[str, object]]) -> str:
-    lines = [
-        "| batch | real tokens | mode | padded ms | padding-free ms | padding-free speed-up |",
-        "|---|--:|---|--:|--:|--:|",
+    columns = (
+        "batch | real tokens | mode | padded ms | padding-free ms | padding-free speed-up"
+    ).split(" | ")
+    cells = [
+        [
+            f"{r['batch']}",
+            f"{r['fill']:.0%}",
+            f"{r['mode']}",
+            f"{r['padded_ms']:.0f}",
+            f"{r['padding_free_ms']:.0f}",
+            f"**{r['speedup']:.2f}x**",
+        ]
+        for r in fills
     ]
-    for r in fills:
-        lines.append(
-            f"| {r['batch']} | {r['fill']:.0%} | {r['mode']} | {r['padded_ms']:.0f} "
-            f"| {r['padding_free_ms']:.0f} | **{r['speedup']:.2f}x** |"
-        )
-    lines += [
-        "",
-        "| attention on packed tokens | kernel | median ms | vs fastest |",
-        "|---|---|--:|--:|",
+    lines = table(columns, "lrlrrr", cells)
+    cells = [
+        [f"{r['mode']}", f"{r['kernel']}", f"{r['ms']:.1f}", f"{r['vs_best']:.2f}x"]
+        for r in kernels
     ]
-    for r in kernels:
-        lines.append(f"| {r['mode']} | {r['kernel']} | {r['ms']:.1f} | {r['vs_best']:.2f}x |")
+    kernel_columns = ("attention on packed tokens", "kernel", "median ms", "vs fastest")
+    lines += ["", *table(kernel_columns, "llrr", cells)]
     return "\n".join(lines)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -49,3 +49,15 @@ def ms(value: float) -> str:
 def spread(times_ms: Sequence[float]) -> str:
     """The min-max cell: fastest and slowest run, and how many runs."""
     return f"{ms(min(times_ms))}-{ms(max(times_ms))} ({len(times_ms)})"
+
+
+def table(columns: Sequence[str], align: str, rows: Iterable[Sequence[str]]) -> list[str]:
+    """A markdown table's lines; ``align`` has a letter a column: "l" left, "r" right (numbers)."""
+    if len(align) != len(columns) or set(align) - {"l", "r"}:
+        raise ValueError(f"expected one of l, r per column ({len(columns)}), got {align!r}")
+    rule = "|" + "|".join("--:" if a == "r" else "---" for a in align) + "|"
+    return [_line(columns), rule, *map(_line, rows)]
+
+
+def _line(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"

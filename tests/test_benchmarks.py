@@ -1,5 +1,6 @@
-"""benchmarks/compare.py: the correctness gate passes peers with our weights and stops a perturbed
-one, FLOPs follow the perf-anchors formula, and a tiny comparison runs end to end."""
+"""benchmarks/compare.py and the modules it shares with gpu.py: the correctness gate passes peers
+with our weights and stops a perturbed one, FLOPs follow the perf-anchors formula, and a tiny
+comparison runs end to end."""
 
 from __future__ import annotations
 
@@ -19,16 +20,16 @@ ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks import compare  # noqa: E402
+from benchmarks import compare, gates, measure, peers, steps, workloads  # noqa: E402
 
-TINY = compare.Shape(
+TINY = workloads.Shape(
     "tiny", n_layers=2, d_model=32, n_heads=4, d_ff=64, vocab_size=100, max_positions=32
 )
-BATCHES = compare.make_batches(batch_size=4, seq_len=16, min_len=4)
+BATCHES = workloads.make_batches(batch_size=4, seq_len=16, min_len=4)
 
 
 def test_bert_base_flops_are_the_perf_anchors_figure():
-    flops = compare.forward_flops(12, 768, 3072, [128])
+    flops = measure.forward_flops(12, 768, 3072, [128])
     assert flops == 12 * (24 * 128 * 768**2 + 4 * 768 * 128**2)  # f = 4d: 24 T d^2 + 4 d S^2
     assert round(flops / 1e9, 2) == 22.35  # GFLOP per sequence, perf-anchors section 1
     assert round(flops / 12 / 1e9, 3) == 1.862  # per layer
@@ -39,14 +40,14 @@ def test_flops_count_real_tokens_and_the_general_ffn_width():
     lengths = [3, 5, 8]
     d, f, layers = 8, 20, 3  # f != 4 d: 8 d^2 + 4 d f per token
     expected = layers * ((8 * d * d + 4 * d * f) * 16 + 4 * d * (9 + 25 + 64))
-    assert compare.forward_flops(layers, d, f, lengths) == expected
+    assert measure.forward_flops(layers, d, f, lengths) == expected
     config = EncoderConfig(d_model=d, n_heads=2, d_ff=f, n_layers=layers)
     assert expected == sum(s * config.flops_per_token(s) for s in lengths)
 
 
 def test_batches_are_fixed_by_the_seed():
-    varlen, dense = compare.make_batches()
-    assert varlen == compare.make_batches()[0]
+    varlen, dense = workloads.make_batches()
+    assert varlen == workloads.make_batches()[0]
     assert len(varlen.lengths) == 16 and all(32 <= s <= 128 for s in varlen.lengths)
     assert varlen.mask is not None and varlen.mask.sum() == varlen.tokens
     assert torch.equal(varlen.real[0], torch.arange(128) < varlen.lengths[0])  # right padding
@@ -56,14 +57,14 @@ def test_batches_are_fixed_by_the_seed():
 @pytest.fixture(params=["encoder", "text model"])
 def group(request, tmp_path):
     if request.param == "encoder":
-        return compare.encoder_group(TINY)
-    return compare.text_group(TINY, tmp_path)
+        return peers.encoder_group(TINY)
+    return peers.text_group(TINY, tmp_path)
 
 
 @pytest.mark.parametrize("batch", BATCHES, ids=lambda b: b.kind)
 def test_gate_passes_same_weights_and_stops_a_perturbed_peer(group, batch):
     inputs = group.make_inputs(batch)
-    target = compare.make_target(batch, TINY.d_model)
+    target = steps.make_target(batch, TINY.d_model)
     diffs = compare.check_inference(group, batch, inputs)
     out_diffs, grad_diffs = compare.check_training(group, batch, inputs, target)
     assert len(diffs) == len(group.contenders) - 1
@@ -74,15 +75,15 @@ def test_gate_passes_same_weights_and_stops_a_perturbed_peer(group, batch):
     with torch.no_grad():
         g = torch.Generator().manual_seed(5)
         peer.probe.add_(1e-2 * torch.randn(peer.probe.shape, generator=g))
-    with pytest.raises(compare.MismatchError, match=f"{peer.name} differs by"):
+    with pytest.raises(gates.MismatchError, match=f"{peer.name} differs by"):
         compare.check_inference(group, batch, inputs)
-    with pytest.raises(compare.MismatchError, match="training output"):
+    with pytest.raises(gates.MismatchError, match="training output"):
         compare.check_training(group, batch, inputs, target)
 
 
 def test_gate_stops_nan():
-    with pytest.raises(compare.MismatchError, match="peer differs by nan"):
-        compare._gate({"peer": math.nan}, "output")
+    with pytest.raises(gates.MismatchError, match="peer differs by nan"):
+        gates.gate({"peer": math.nan}, "output")
 
 
 def test_tiny_comparison_end_to_end():
@@ -93,7 +94,7 @@ def test_tiny_comparison_end_to_end():
     assert report.ceiling_flops_per_s > 0
     for r in rows:
         batch = BATCHES[0] if r.batch == "varlen" else BATCHES[1]
-        forward = compare.forward_flops(2, 32, 64, batch.lengths)
+        forward = measure.forward_flops(2, 32, 64, batch.lengths)
         assert r.flops == (3 * forward if r.mode == "train" else forward)
         assert r.real_tokens == batch.tokens and len(r.times_ms) == 1
         assert r.tokens_per_s > 0 and r.mfu > 0 and math.isfinite(r.speedup)

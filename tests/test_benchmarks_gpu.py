@@ -1,6 +1,6 @@
-"""benchmarks/gpu.py on the CPU: the smoke run goes through every section, its correctness checks
-pass, and it writes its results; a failing section does not stop the others; timm's key names
-map onto every weight of ours; bad flags are refused."""
+"""benchmarks/gpu.py and its gpu_* modules on the CPU: the smoke run goes through every section,
+its correctness checks pass, and it writes its results; a failing section does not stop the
+others; timm's key names map onto every weight of ours; bad flags are refused."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks import compare, gpu  # noqa: E402
+from benchmarks import gpu, gpu_bench, gpu_compare, gpu_vit, peers, workloads  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 
@@ -61,7 +61,9 @@ def test_smoke_correctness_checks_pass_within_tolerance(smoke):
     assert kernels <= names
     for c in ran:
         assert c["passed"] and c["value"] <= c["tolerance"], c
-        assert c["tolerance"] <= (gpu.FP32_TOL if c["name"].startswith("fp32") else gpu.BF16_TOL)
+        assert c["tolerance"] <= (
+            gpu_bench.FP32_TOL if c["name"].startswith("fp32") else gpu_bench.BF16_TOL
+        )
     skipped = {c["name"] for c in checks if c["passed"] is None}
     if not CUDA:  # the varlen kernel is CUDA's
         assert skipped == {
@@ -107,7 +109,7 @@ def test_smoke_writes_json_and_markdown(smoke):
 
 
 def test_a_failing_section_is_reported_and_the_rest_run(tmp_path, monkeypatch, capsys):
-    def broken(b: gpu.Bench, section: gpu.Section) -> None:
+    def broken(b: gpu_bench.Bench, section: gpu_bench.Section) -> None:
         raise RuntimeError("no such kernel")
 
     monkeypatch.setitem(gpu.RUNNERS, "env", broken)
@@ -122,17 +124,17 @@ def test_a_failing_section_is_reported_and_the_rest_run(tmp_path, monkeypatch, c
 
 @pytest.mark.parametrize("mode", ["infer", "train"])
 def test_a_failing_contender_is_reported_and_its_peers_timed(mode):
-    b = gpu.Bench(gpu.SMOKE, torch.device("cpu"), dropout=0.1)
-    section = gpu.Section("compare")
-    group = compare.encoder_group(gpu.SMOKE.shape)
-    fresh = [gpu._state_copy(c.model) for c in group.contenders]
-    batch = compare.make_batches(4, 32, 8)[0]
+    b = gpu_bench.Bench(gpu_bench.SMOKE, torch.device("cpu"), dropout=0.1)
+    section = gpu_bench.Section("compare")
+    group = peers.encoder_group(gpu_bench.SMOKE.shape)
+    fresh = [peers.state_copy(c.model) for c in group.contenders]
+    batch = workloads.make_batches(4, 32, 8)[0]
 
     def broken(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         raise RuntimeError("varlen_attn: no kernel image")
 
     group.contenders[0].forward = broken
-    rows = gpu.time_group(b, section, "case", group, fresh, batch, mode)
+    rows = gpu_compare.time_group(b, section, "case", group, fresh, batch, mode)
     assert [r.contender for r in rows] == ["nn.TransformerEncoder"]
     assert math.isnan(rows[0].speedup) and rows[0].out_diff is None
     (failed,) = section.checks
@@ -148,19 +150,19 @@ def test_timm_names_cover_every_weight_of_ours():
             timm_keys += [f"blocks.{i}.{layer}.weight", f"blocks.{i}.{layer}.bias"]
     timm_keys += ["norm.weight", "norm.bias", "head.weight", "head.bias"]
     state = {k: torch.zeros(1) for k in timm_keys}
-    mapped = gpu.timm_to_ours(state, n_layers=2)
-    ours = ImageClassifier(gpu.SMOKE.vision, num_classes=gpu.SMOKE.num_classes)
+    mapped = gpu_vit.timm_to_ours(state, n_layers=2)
+    ours = ImageClassifier(gpu_bench.SMOKE.vision, num_classes=gpu_bench.SMOKE.num_classes)
     assert set(mapped) == set(ours.state_dict())
     assert len(set(map(id, mapped.values()))) == len(timm_keys)  # each used once
 
     with pytest.raises(ValueError, match=r"unused \['blocks.0.ls1.gamma'\]"):
-        gpu.timm_to_ours(state | {"blocks.0.ls1.gamma": torch.zeros(1)}, n_layers=2)
+        gpu_vit.timm_to_ours(state | {"blocks.0.ls1.gamma": torch.zeros(1)}, n_layers=2)
     with pytest.raises(ValueError, match=r"missing \['blocks.2.attn.proj.bias'"):
-        gpu.timm_to_ours(state, n_layers=3)
+        gpu_vit.timm_to_ours(state, n_layers=3)
 
 
 def test_vit_base_flops_are_the_perf_anchors_figure():
-    flops = gpu.vit_forward_flops(gpu.FULL.vision, 1000)
+    flops = gpu_vit.vit_forward_flops(gpu_bench.FULL.vision, 1000)
     assert round(flops / 1e9, 1) == 35.1  # perf-anchors: 34.9 encoder; timm lists 35.2 in all
 
 

@@ -49,7 +49,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field; unset flags stay out of the namespace (SUPPRESS), so the
     TOML file and the saved run config give their values."""
-    from encoderkit.training.loop import TrainConfig
+    from encoderkit.training.config import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     group = parser.add_argument_group("training configuration (TrainConfig fields)")
@@ -81,7 +81,8 @@ def _optional(kind: type) -> Any:
 
 def train_config(args: argparse.Namespace) -> Any:
     """TrainConfig from defaults < TOML file < flags, or the saved run's config for --resume."""
-    from encoderkit.training.loop import TrainConfig, check_config_field, resume_config
+    from encoderkit.training.config import TrainConfig, check_config_field
+    from encoderkit.training.runs import resume_config
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     flags = {k: v for k, v in vars(args).items() if k in names}
@@ -144,7 +145,8 @@ def run_training(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from encoderkit.training.checkpoint import CheckpointError
-    from encoderkit.training.loop import evaluate, load_run_model
+    from encoderkit.training.loop import evaluate
+    from encoderkit.training.rebuild import load_run_model
 
     try:
         cfg, task = load_run_model(args.run_dir, args.checkpoint, test_split=True)
@@ -167,7 +169,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from encoderkit.training.checkpoint import CheckpointError
-    from encoderkit.training.loop import load_run_model
+    from encoderkit.training.rebuild import load_run_model
     from encoderkit.training.tasks import prepare_inputs
 
     try:

@@ -24,7 +24,7 @@ from encoderkit.models.config import TextConfig, VisionConfig
 from encoderkit.models.heads import ImageClassifier, SequenceClassifier
 
 if TYPE_CHECKING:
-    from encoderkit.training.loop import TrainConfig
+    from encoderkit.training.config import TrainConfig
 
 TASKS = ("digits", "listops", "text")
 

@@ -49,7 +49,7 @@ def load_text_model(model: str = "all-MiniLM-L6-v2", checkpoint: Path | None = N
 
 
 def _run_text_model(run: Path) -> TextModel:
-    from encoderkit.training.loop import load_run_model
+    from encoderkit.training.rebuild import load_run_model
 
     cfg, task = load_run_model(run)
     if cfg.task == "digits":
@@ -98,7 +98,7 @@ def image_attention(
     """(image (1, 8, 8), one (H, 1 + N, 1 + N) map per layer, patch size) of a digits run, on an
     image file or on the run's test example number ``example``."""
     from encoderkit.training.data.digits import read_digit_image
-    from encoderkit.training.loop import load_run_model
+    from encoderkit.training.rebuild import load_run_model
 
     cfg, task = load_run_model(Path(run), test_split=image is None)  # test images: --example
     if cfg.task != "digits":

@@ -26,15 +26,10 @@ from encoderkit.training.checkpoint import (
     list_checkpoints,
     load_checkpoint,
 )
-from encoderkit.training.loop import (
-    NonFiniteError,
-    RunError,
-    TrainConfig,
-    learning_rate,
-    load_run_model,
-    resume_config,
-    train,
-)
+from encoderkit.training.config import TrainConfig
+from encoderkit.training.loop import NonFiniteError, evaluate, learning_rate, train
+from encoderkit.training.rebuild import load_run_model
+from encoderkit.training.runs import RunError, resume_config
 
 pytest.importorskip("sklearn", reason="the digits task reads scikit-learn's bundled digits")
 
@@ -189,6 +184,13 @@ def test_text_task_trains_on_a_small_file(tmp_path):
     assert results["best_accuracy"] >= 0.95
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["classes"] == ["neg", "pos"]
+
+    # The run directory alone evaluates and predicts: the data may move (or be gone).
+    data.rename(tmp_path / "elsewhere.csv")
+    cfg, task = load_run_model(tmp_path / "run", test_split=True)
+    _, accuracy = evaluate(task.model, task.test, cfg, torch.device("cpu"))
+    assert accuracy == results["best_accuracy"]
+    assert len(task.test[-1]) == round(0.2 * 240)
 
 
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
@@ -403,7 +405,7 @@ def test_a_directory_that_is_not_a_run_is_refused_and_left_untouched(tmp_path):
 
 
 def test_the_run_marker_is_written_before_anything_else(tmp_path, monkeypatch):
-    import encoderkit.training.loop as training
+    import encoderkit.training.runs as training
 
     seen: list[list[str]] = []  # the directory's entries before each write
     real = training.atomic_write_text
@@ -645,7 +647,11 @@ def test_a_run_model_is_rebuilt_without_its_training_data(tmp_path, monkeypatch,
     assert cfg.listops_train_size == 10**8 and task.classes == [str(d) for d in range(10)]
     assert main(["eval", str(run)]) == 0
     assert json.loads(capsys.readouterr().out)["test_examples"] == 16
-    assert sizes == [16]  # the test split alone
+    assert sizes == []  # the test split was saved in the run directory
+    (run / "test-split.safetensors").unlink()  # as in runs written before it was saved
+    assert main(["eval", str(run)]) == 0
+    assert json.loads(capsys.readouterr().out)["test_examples"] == 16
+    assert sizes == [16]  # the test split alone was generated again
 
 
 def test_a_run_model_leaves_the_random_state_alone(tiny_run):
@@ -671,7 +677,7 @@ def test_an_edited_config_is_caught_against_the_checkpoint_header(tiny_run):
     ],
 )
 def test_a_huge_config_fails_fast_without_allocating(tiny_run, monkeypatch, changes, message):
-    import encoderkit.training.loop as training
+    import encoderkit.training.rebuild as training
 
     real = training.build_model
 

@@ -82,7 +82,7 @@ def test_train_eval_predict_and_plot(tmp_path, capsys):
     from PIL import Image
 
     from encoderkit.training.data.digits import load_digits_split, write_digit_image
-    from encoderkit.training.loop import load_run_model
+    from encoderkit.training.rebuild import load_run_model
 
     run = tmp_path / "run"
     args = ["train", "--out", str(run), "--max-steps", "40", "--n-layers", "1", "--no-progress"]

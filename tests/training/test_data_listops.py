@@ -11,13 +11,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from encoderkit.training.data import (
+from encoderkit.training.data import evaluate
+from encoderkit.training.data.listops import (
     CLS_ID,
     OPERATORS,
     PAD_ID,
     VOCAB,
     encode,
-    evaluate,
     generate,
     tokenize,
 )

@@ -12,8 +12,8 @@ from torch import nn
 
 from encoderkit.models.config import TextConfig, VisionConfig
 from encoderkit.models.heads import ImageClassifier, SequenceClassifier
+from encoderkit.training.config import TrainConfig
 from encoderkit.training.data import listops
-from encoderkit.training.loop import TrainConfig
 from encoderkit.training.tasks import Task, build_task, encode_texts, prepare_inputs, text_tokenizer
 
 TINY = {"d_model": 32, "n_heads": 2, "d_ff": 64, "n_layers": 1}

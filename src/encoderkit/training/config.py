@@ -1,0 +1,148 @@
+"""A training run's configuration: ``TrainConfig``, whose fields are the ``encoderkit train`` flags,
+checked field by field against their types, so a TOML file or a saved config.json with a value of
+the wrong type fails naming the field."""
+
+from __future__ import annotations
+
+import functools
+import math
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from encoderkit.training.tasks import TASKS
+from encoderkit.utils.checks import check_choice, check_positive_int, check_probability
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Everything a run needs; the command line's flags are these fields."""
+
+    task: Literal["digits", "listops", "text"] = "digits"
+    out: str = "runs/digits"  # the run directory: config, metrics, checkpoints, curves
+    data: str | None = None  # text task: a .csv or .jsonl with text and label columns
+    init: str = "scratch"  # text task: "scratch" or "all-MiniLM-L6-v2"
+    seed: int = 0
+    # model
+    d_model: int = 64
+    n_heads: int = 4
+    d_ff: int = 128
+    n_layers: int = 4
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    norm_first: bool = True
+    pooling: Literal["cls", "mean"] = "mean"
+    listops_train_size: int = 5000
+    listops_test_size: int = 1000
+    listops_max_length: int = 256
+    text_max_length: int = 128
+    # optimisation
+    epochs: int = 80
+    max_steps: int | None = None  # overrides epochs
+    batch_size: int = 64  # global, over all ranks and accumulation steps
+    grad_accum: int = 1
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.1
+    label_smoothing: float = 0.1
+    clip_grad_norm: float | None = 1.0
+    bf16: bool = True  # autocast on CUDA; the CPU always trains in fp32
+    on_nonfinite: Literal["abort", "skip"] = "abort"
+    # evaluation and checkpoints
+    eval_every: int = 200
+    patience: int | None = None  # evaluations without improvement before stopping early
+    checkpoint_every: int = 500
+    keep_last: int = 2
+    stop_at_step: int | None = None  # stop early with a checkpoint; the schedule is unchanged
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        # A TOML file or a saved config.json can hold any JSON type: check each against its
+        # annotation, so that `progress = "no"` fails here, naming the field, not as a truthy
+        # string deep in the loop.
+        for name, hint in _field_types().items():
+            _check_type(name, getattr(self, name), hint)
+        check_choice("task", self.task, TASKS)
+        check_choice("pooling", self.pooling, ("cls", "mean"))
+        check_choice("on_nonfinite", self.on_nonfinite, ("abort", "skip"))
+        check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("init", self.init, ("scratch", "all-MiniLM-L6-v2"))
+        for name in (
+            "epochs",
+            "batch_size",
+            "grad_accum",
+            "eval_every",
+            "checkpoint_every",
+            "keep_last",
+            "listops_train_size",
+            "listops_test_size",
+            "listops_max_length",
+            "text_max_length",
+        ):
+            check_positive_int(name, getattr(self, name))
+        for name in ("max_steps", "patience", "stop_at_step"):
+            if getattr(self, name) is not None:
+                check_positive_int(name, getattr(self, name))
+        for name in ("dropout", "attention_dropout", "warmup_fraction", "label_smoothing"):
+            check_probability(name, getattr(self, name))
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite float > 0, got {self.lr!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite float >= 0, got {self.weight_decay!r}")
+        clip = self.clip_grad_norm
+        if clip is not None and not (math.isfinite(clip) and clip > 0):
+            raise ValueError(
+                f"clip_grad_norm must be a finite float > 0, or None for no clipping, got {clip!r}"
+            )
+        if self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"batch_size must be divisible by grad_accum, got {self.batch_size} and "
+                f"{self.grad_accum}"
+            )
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+_KINDS: dict[Any, tuple[type, ...]] = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
+
+
+def _check_type(name: str, value: object, hint: Any) -> None:
+    """``value`` fits ``hint`` (bool, int, float, str, a Literal, or one of these | None); an int
+    is a float, a bool is not an int."""
+    if typing.get_origin(hint) is Literal:
+        check_choice(name, value, typing.get_args(hint))
+        return
+    options = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    if value is None and len(options) < len(typing.get_args(hint)):
+        return
+    kinds = _KINDS[options[0]]
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        wanted = options[0].__name__ + (" or None" if hint is not options[0] else "")
+        raise TypeError(f"{name} must be {wanted}, got {value!r} ({type(value).__name__})")
+
+
+def check_config_field(name: str, value: object) -> None:
+    """Check one TrainConfig field's type alone (a TOML file's, before flags override others)."""
+    hints = _field_types()
+    if name not in hints:
+        raise ValueError(f"{name} is not a TrainConfig field; valid fields: {', '.join(hints)}")
+    _check_type(name, value, hints[name])
+
+
+# Fields a resumed run may change: they do not alter what is computed up to the stop.
+RESUMABLE_CHANGES = {
+    "epochs",
+    "max_steps",
+    "stop_at_step",
+    "eval_every",
+    "checkpoint_every",
+    "keep_last",
+    "patience",
+    "on_nonfinite",
+    "device",
+    "progress",
+}

@@ -1,0 +1,111 @@
+"""A run's model rebuilt from its directory alone: its config.json and a checkpoint, checked against
+the checkpoint's header before anything is allocated. No training data is read."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from encoderkit.training.checkpoint import (
+    CheckpointError,
+    checkpoint_dir,
+    latest_checkpoint,
+    load_checkpoint,
+    read_meta,
+    read_weights_header,
+    step_of,
+)
+from encoderkit.training.config import TrainConfig
+from encoderkit.training.runs import read_run_file, read_test_split
+from encoderkit.training.tasks import Task, build_model, load_test_split, model_config
+from encoderkit.utils.checks import check_choice
+
+log = logging.getLogger(__name__)
+
+
+def load_run_model(
+    run: Path, which: Literal["best", "latest"] = "best", *, test_split: bool = False
+) -> tuple[TrainConfig, Task]:
+    """The run's config and task, with the model weights of its best (or latest) checkpoint.
+
+    The model is rebuilt from the run's config.json and saved classes alone: no training data is
+    generated or read, no pretrained weights are loaded (the checkpoint replaces them). The
+    task's ``train`` is empty, and so is ``test`` unless ``test_split``: the split saved in the run
+    directory (runs older than that file rebuild it from the data). Before anything is
+    allocated, the config is checked against the shapes in the checkpoint's header, so an
+    edited or foreign config.json fails fast with a CheckpointError.
+    """
+    run = Path(run)
+    cfg, classes = read_run_file(run)
+    path = pick_checkpoint(run, which)
+    shapes = read_weights_header(path / "model.safetensors")
+    config = model_config(cfg)
+    _check_layer_count(config.n_layers, shapes, path)
+    with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
+        try:
+            with torch.device("meta"):  # shapes only: nothing is allocated yet
+                skeleton = build_model(cfg, len(classes), config)
+        except RuntimeError as e:  # sizes whose product overflows, say
+            raise CheckpointError(f"{run}/config.json asks sizes no tensor can have ({e})") from e
+        _check_shapes(skeleton, shapes, path)
+        model = build_model(cfg, len(classes), config)
+    weights, _, _ = load_checkpoint(path)
+    model.load_state_dict(weights)
+    model.eval()
+    test = (read_test_split(run) or load_test_split(cfg)) if test_split else ()
+    return cfg, Task(cfg.task, (), test, model, classes)
+
+
+def pick_checkpoint(run: Path, which: Literal["best", "latest"]) -> Path:
+    """The newest intact checkpoint, or the best one it records; a best checkpoint that is gone
+    is an error, never silently the latest."""
+    check_choice("which", which, ("best", "latest"))
+    latest = latest_checkpoint(run)
+    if which == "latest":
+        return latest
+    progress = read_meta(latest).get("progress", {})
+    if progress.get("best_accuracy") is None or progress["best_accuracy"] < 0:
+        log.warning("%s was never evaluated: using its latest checkpoint, %s", run, latest.name)
+        return latest
+    best = progress["best_step"]
+    if best == step_of(latest):
+        return latest
+    path = checkpoint_dir(run) / f"step-{best:08d}"
+    if not path.is_dir():
+        raise CheckpointError(
+            f"the best checkpoint of {run}, step {best}, is missing from {checkpoint_dir(run)}; "
+            f"use --checkpoint latest for {latest.name}"
+        )
+    return path
+
+
+def _check_layer_count(n_layers: int, shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+    """Before a model is built, even on the meta device (a million layers take minutes)."""
+    held = {key.split(".")[3] for key in shapes if key.startswith("encoder.encoder.blocks.")}
+    if n_layers != len(held):
+        raise CheckpointError(
+            f"config.json asks n_layers={n_layers}, but {path}/model.safetensors holds "
+            f"{len(held)} layers"
+        )
+
+
+def _check_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    where = f"{path}/model.safetensors"
+    missing, extra = sorted(expected.keys() - shapes), sorted(shapes.keys() - expected)
+    if missing or extra:
+        raise CheckpointError(
+            f"config.json does not match {where}: the config's model has "
+            f"{', '.join(missing) or 'no key'} not in the checkpoint, the checkpoint has "
+            f"{', '.join(extra) or 'no key'} not in the model"
+        )
+    for key, shape in expected.items():
+        if shapes[key] != shape:
+            raise CheckpointError(
+                f"config.json does not match {where}: {key} should be {shape} by the config, "
+                f"found {shapes[key]}"
+            )
