@@ -10,11 +10,11 @@ from encoderkit.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from encoderkit.training.config import TrainConfig
+from encoderkit.training.config import TASKS, TrainConfig
 from encoderkit.training.loop import NonFiniteError, evaluate, learning_rate, train
 from encoderkit.training.rebuild import load_run_model
 from encoderkit.training.runs import RunError, read_run_config, resume_config
-from encoderkit.training.tasks import TASKS, Task, build_model, build_task
+from encoderkit.training.tasks import Task, build_model, build_task
 
 __all__ = [
     "TASKS",

@@ -15,18 +15,14 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from encoderkit.models.config import TextConfig, VisionConfig
 from encoderkit.models.heads import ImageClassifier, SequenceClassifier
-
-if TYPE_CHECKING:
-    from encoderkit.training.config import TrainConfig
-
-TASKS = ("digits", "listops", "text")
+from encoderkit.training.config import TASKS, TrainConfig
 
 
 @dataclass
