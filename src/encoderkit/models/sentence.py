@@ -6,7 +6,6 @@ Tokenizing uses the Hugging Face ``tokenizers`` library with the model's own ``t
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from encoderkit.models.formats.checkpoint import read_json
 from encoderkit.models.pooling import pool_tokens
 from encoderkit.models.pretrained import PretrainedError, load_pretrained
 from encoderkit.models.text import TextEncoder
@@ -156,20 +156,7 @@ def pad_token_ids(token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tenso
 
 def _read_json(path: Path, kind: type[dict] | type[list]) -> Any:
     """The JSON ``kind`` (object or array) in ``path``, or None when there is no such file."""
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise PretrainedError(f"{path}: not UTF-8 text ({e})") from e
-    except json.JSONDecodeError as e:
-        raise PretrainedError(f"{path}: not valid JSON ({e})") from e
-    except OSError as e:
-        raise PretrainedError(f"{path}: could not be read ({e})") from e
-    if not isinstance(value, kind):
-        expected = "object" if kind is dict else "array"
-        raise PretrainedError(f"{path}: expected a JSON {expected}, got {type(value).__name__}")
-    return value
+    return read_json(path, kind) if path.is_file() else None
 
 
 def _read_modules(path: Path) -> list[dict[str, Any]] | None:

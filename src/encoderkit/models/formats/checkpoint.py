@@ -33,17 +33,25 @@ class PretrainedError(ValueError):
 def read_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise PretrainedError(f"expected {path.name} in {path.parent}, found none")
+    config: dict[str, Any] = read_json(path, dict)
+    return config
+
+
+def read_json(path: Path, kind: type[dict] | type[list]) -> Any:
+    """The JSON ``kind`` (object or array) in the file ``path``; any other content, bytes that are
+    not UTF-8 or a file that cannot be read raise a PretrainedError naming the file."""
     try:
-        hf = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise PretrainedError(f"{path}: not UTF-8 text ({e})") from e
     except json.JSONDecodeError as e:
         raise PretrainedError(f"{path}: not valid JSON ({e})") from e
     except OSError as e:
         raise PretrainedError(f"{path}: could not be read ({e})") from e
-    if not isinstance(hf, dict):
-        raise PretrainedError(f"{path}: expected a JSON object, got {type(hf).__name__}")
-    return hf
+    if not isinstance(value, kind):
+        expected = "object" if kind is dict else "array"
+        raise PretrainedError(f"{path}: expected a JSON {expected}, got {type(value).__name__}")
+    return value
 
 
 class TensorSpec(NamedTuple):
