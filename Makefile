@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml requirements-ci.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements-ci.txt -e '.[dev,pretrained,train]'
+	$(BIN)/python -m pip install --quiet -r requirements-ci.txt -e '.[dev,export,pretrained,train]'
 	touch $(STAMP)
 
 # The main job: train the digits classifier from scratch (about a minute on 2 CPU cores).

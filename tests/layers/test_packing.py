@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import shutil
 
 import pytest
 import torch
@@ -145,7 +144,7 @@ def test_auto_kernel_is_loop_on_cpu_and_varlen_is_refused_there():
     q = torch.randn(3, 2, 4)
     assert pick_varlen_kernel(q, 0.0) == "loop"
     packing = Packing.from_mask(torch.ones(1, 3, dtype=torch.bool))
-    with pytest.raises(ValueError, match="varlen kernel needs .* CUDA, float16 or bfloat16"):
+    with pytest.raises(ValueError, match="varlen kernel needs CUDA, float16 .*got device cpu"):
         varlen_attention(q, q, q, packing, kernel="varlen")
 
 
@@ -290,19 +289,3 @@ def test_text_encoder_runs_padding_free_by_default_and_equals_padded():
     ids = torch.randint(1, 50, (3, 9))
     mask = padding_mask([9, 4, 1], 9)
     torch.testing.assert_close(free(ids, mask), padded(ids, mask), atol=ATOL, rtol=0)
-
-
-@pytest.mark.skipif(
-    not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")),
-    reason="torch.compile on the CPU needs a C++ compiler",
-)
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
-def test_compiled_position_wise_sublayers_equal_eager_on_packed_and_dense_batches():
-    free, _ = encoder_pair(n_layers=2)
-    free.eval()
-    compiled = copy.deepcopy(free).compile_position_wise()
-    with torch.no_grad():
-        for lengths in ([6, 3, 0], [5, 5, 2, 1], [6, 6]):  # new sizes reuse the dynamic graph
-            real = padding_mask(lengths, 6)
-            x = torch.randn(len(lengths), 6, 32)
-            torch.testing.assert_close(compiled(x, real), free(x, real), atol=ATOL, rtol=0)

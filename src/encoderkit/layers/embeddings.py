@@ -12,7 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoderkit.layers.positions import PositionEncoding, SinusoidalPositionalEncoding
-from encoderkit.utils.checks import check_input_dtype, check_positive_int, check_probability
+from encoderkit.utils.checks import (
+    check_input_dtype,
+    check_positive_int,
+    check_probability,
+    tracing,
+)
 
 
 class TokenEmbedding(nn.Module):
@@ -90,14 +95,15 @@ def _segment_embeddings(
 
 
 def check_token_ids(name: str, ids: object, vocab_size: int) -> torch.Tensor:
-    """ids must be a 2-D integer tensor with values in [0, vocab_size)."""
+    """ids must be a 2-D integer tensor with values in [0, vocab_size) (values checked in eager
+    calls only, see :func:`encoderkit.utils.checks.tracing`)."""
     if not isinstance(ids, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(ids).__name__}")
     if ids.dtype not in (torch.int64, torch.int32):  # what nn.Embedding can index with
         raise TypeError(f"{name} must be an int64 or int32 tensor, got dtype {ids.dtype}")
     if ids.dim() != 2:
         raise ValueError(f"{name} must be 2-D (B, T), got shape {tuple(ids.shape)}")
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+    if not tracing() and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
         raise ValueError(
             f"{name} must lie in [0, {vocab_size}), got values from {int(ids.min())} "
             f"to {int(ids.max())}"

@@ -24,7 +24,7 @@ from encoderkit.layers.block import EncoderBlock, torch_activation_name
 from encoderkit.layers.config import EncoderConfig
 from encoderkit.layers.masks import make_attention_mask, padding_mask_bool
 from encoderkit.layers.packing import Packing
-from encoderkit.utils.checks import check_hidden_states, check_input_dtype
+from encoderkit.utils.checks import check_hidden_states, check_input_dtype, tracing
 
 
 class Encoder(nn.Module):
@@ -67,9 +67,9 @@ class Encoder(nn.Module):
         B, T, _ = check_hidden_states(x, self.config.d_model).shape
         check_input_dtype(x, next(self.parameters()).dtype)
         real = None if attention_mask is None else padding_mask_bool(attention_mask, B, T)
-        if real is not None and bool(real.all()):
-            real = None  # nothing is padded: no mask at all
-        if real is not None and attn_mask is None and self.config.padding_free:
+        if real is not None and not tracing() and bool(real.all()):
+            real = None  # nothing is padded: no mask at all (eager only: a trace keeps the mask)
+        if real is not None and attn_mask is None and self.config.padding_free and not _onnx():
             packing = Packing.from_mask(real)
             h = packing.pack(x)  # (B, T, D) -> (N, D): the real tokens only
             for block in self.blocks:
@@ -93,22 +93,6 @@ class Encoder(nn.Module):
         if real is not None:
             x = x.masked_fill(~real[..., None], 0.0)  # (B, T) -> (B, T, 1): padded outputs are 0
         return x
-
-    def compile_position_wise(self, **options: object) -> Encoder:
-        """``torch.compile`` each block's feed-forward and LayerNorms, in place; returns self.
-
-        Those are the sublayers whose elementwise work (bias, activation, normalisation) a
-        compiler can fuse. They are compiled with dynamic shapes, so packed batches of any size
-        reuse one graph. Attention stays eager: its per-sequence kernel would recompile for every
-        new set of lengths. ``options`` go to ``torch.compile`` (e.g. ``mode="max-autotune"``).
-        The first forward compiles (seconds; on the CPU it needs a C++ compiler).
-        """
-        options = {"dynamic": True, **options}
-        for block in self.blocks.children():
-            if isinstance(block, EncoderBlock):
-                for sublayer in (block.ff, block.norm1, block.norm2):
-                    sublayer.compile(**options)
-        return self
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -160,6 +144,12 @@ class Encoder(nn.Module):
         if final is not None:
             model.norm.load_state_dict(final.state_dict())
         return model
+
+
+def _onnx() -> bool:
+    """True while ``torch.onnx.export`` runs: ONNX has no packed-attention operator, so the
+    exported graph takes the padded path (a key-padding mask, the same outputs)."""
+    return torch.onnx.is_in_onnx_export()
 
 
 def init_weights(module: nn.Module) -> None:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from encoderkit.utils.checks import tracing
+
 
 def make_attention_mask(
     attention_mask: torch.Tensor | None,
@@ -74,7 +76,7 @@ def padding_mask_bool(attention_mask: torch.Tensor, batch_size: int, seq_len: in
             f"attention_mask must be bool or integer 0/1 (True/1 = real token), got dtype "
             f"{attention_mask.dtype}; pass additive float masks as attn_mask instead"
         )
-    if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+    if not tracing() and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
         found = sorted({int(v) for v in attention_mask.unique()[:5]})
         raise ValueError(f"attention_mask must hold only 0 and 1, got values including {found}")
     return attention_mask.bool()

@@ -15,6 +15,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from torch.library import custom_op
+
+
+@custom_op("encoderkit::real_token_index", mutates_args=())
+def real_token_index(real: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool -> (N,) int64: where the real tokens sit in the flattened (B * T) batch.
+
+    An operator of its own because N depends on the mask's values: compiled and exported graphs
+    carry it as a size known only when the graph runs, with no graph break.
+    """
+    return real.flatten().nonzero().squeeze(1)  # (B * T,) -> (N,)
+
+
+@real_token_index.register_fake
+def _(real: torch.Tensor) -> torch.Tensor:
+    num_tokens = torch.library.get_ctx().new_dynamic_size()
+    return real.new_empty(num_tokens, dtype=torch.int64)
 
 
 @dataclass(frozen=True)
@@ -22,12 +40,14 @@ class Packing:
     """Where the N real tokens of a (B, T) batch sit, and where each sequence starts and ends.
 
     Tokens keep their order: sequence 0's real tokens first, then sequence 1's, and so on, so
-    any padding pattern (right, left, holes) packs the same way.
+    any padding pattern (right, left, holes) packs the same way. Built with device operations
+    only; ``lengths``, ``max_len`` and ``split`` read the device and are for tools and tests, not
+    for forwards.
     """
 
     index: torch.Tensor  # (N,) int64: position of each real token in the flattened (B * T) batch
     cu_seqlens: torch.Tensor  # (B + 1,) int32: sequence b is packed rows cu[b] .. cu[b + 1]
-    lengths: tuple[int, ...]  # real tokens per sequence, on the host
+    batch_size: int  # B
     seq_len: int  # T
 
     @classmethod
@@ -37,22 +57,22 @@ class Packing:
             raise ValueError(
                 f"expected a (B, T) bool mask, got dtype {real.dtype} shape {tuple(real.shape)}"
             )
-        per_row = real.sum(dim=1)  # (B,)
-        cu_seqlens = torch.zeros(real.shape[0] + 1, dtype=torch.int32, device=real.device)
-        cu_seqlens[1:] = per_row.cumsum(0)
-        index = real.flatten().nonzero().squeeze(1)  # (B * T,) -> (N,)
-        return cls(index, cu_seqlens, tuple(per_row.tolist()), real.shape[1])
-
-    @property
-    def batch_size(self) -> int:
-        return len(self.lengths)
+        per_row = real.sum(dim=1, dtype=torch.int32)  # (B,)
+        cu_seqlens = F.pad(per_row.cumsum(0, dtype=torch.int32), (1, 0))  # (B + 1,), from 0
+        return cls(real_token_index(real), cu_seqlens, real.shape[0], real.shape[1])
 
     @property
     def num_tokens(self) -> int:
-        return self.index.numel()
+        return self.index.shape[0]
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        """Real tokens per sequence (read from the device)."""
+        return tuple(self.cu_seqlens.diff().tolist())
 
     @property
     def max_len(self) -> int:
+        """The longest sequence (read from the device)."""
         return max(self.lengths, default=0)
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:

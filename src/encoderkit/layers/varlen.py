@@ -2,33 +2,28 @@
 real tokens of a padded batch (see :mod:`encoderkit.layers.packing`), each token attending within
 its own sequence, with no padding anywhere.
 
-Kernels: ``"varlen"`` (``torch.nn.attention.varlen.varlen_attn``, flash-attention on CUDA, half
-precision, no dropout), ``"loop"`` (one fused call per sequence: the fastest on CPU, measured
-against the others in ``benchmarks/RESULTS.md``) and ``"repad"`` (pad each sequence to the longest,
-one masked call: the CUDA fallback). ``"auto"`` picks the first that applies: varlen, then loop on
-CPU, repad on other devices.
+The fused kernels run as one registered operator, ``encoderkit::varlen_attention`` (see
+:mod:`encoderkit.layers.varlen_kernels`), so compiled and exported models see a single node:
+``"varlen"`` (flash-attention on the packed tokens: CUDA, half precision, dropout included),
+``"loop"`` (one fused call per sequence: the fastest on CPU, measured against the others in
+``benchmarks/RESULTS.md``) and ``"repad"`` (pad each sequence to the longest, one masked call).
+``"auto"`` picks the first that applies: varlen, then loop on CPU, repad on other devices.
+``backend="math"`` runs the formula one sequence at a time with autograd: the oracle the kernels
+are tested against, for eager calls only (its Python loop reads the lengths on the host).
 
 Shape legend: N packed tokens, B sequences, M the longest sequence, H heads, K head width.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
 import torch
 
 from encoderkit.layers.attention import BACKENDS, Backend, attend, attention_weights
 from encoderkit.layers.packing import Packing
+from encoderkit.layers.varlen_kernels import varlen_attention_op
 from encoderkit.utils.checks import check_choice, check_probability
-
-varlen_attn: Callable[..., torch.Tensor] | None
-try:  # torch >= 2.10, CUDA only
-    from torch.nn.attention import varlen as _varlen
-
-    varlen_attn = _varlen.varlen_attn  # type: ignore[assignment]
-except ImportError:  # pragma: no cover - older torch
-    varlen_attn = None
 
 VarlenKernel = Literal["auto", "varlen", "loop", "repad"]
 VARLEN_KERNELS: tuple[str, ...] = ("auto", "varlen", "loop", "repad")
@@ -54,83 +49,53 @@ def varlen_attention(
     check_probability("dropout_p", dropout_p)
     _check_packed_qkv(q, k, v, packing)
     if backend == "math":
-        kernel = "loop"
-    elif kernel == "auto":
+        return _per_sequence_math(q, k, v, packing, dropout_p)
+    if kernel == "auto":
         kernel = pick_varlen_kernel(q, dropout_p)
-    if kernel == "varlen":
-        cu, longest = packing.cu_seqlens, packing.max_len
-        return _varlen_kernel(q, dropout_p)(q, k, v, cu, cu, longest, longest)
-    if kernel == "repad":
-        return _repadded_attention(q, k, v, packing, dropout_p, backend)
-    return _per_sequence_attention(q, k, v, packing, dropout_p, backend)
+    elif kernel == "varlen" and not varlen_kernel_applies(q):
+        raise ValueError(
+            f"the varlen kernel needs CUDA, float16 or bfloat16 and a head width that is a "
+            f"multiple of 8 up to 256; got device {q.device.type}, dtype {q.dtype}, head width "
+            f"{q.shape[-1]}"
+        )
+    # The longest sequence is at most T: an upper bound the kernel accepts, known without
+    # reading the lengths back from the device.
+    out, _, _ = varlen_attention_op(
+        q, k, v, packing.cu_seqlens, packing.seq_len, float(dropout_p), kernel
+    )
+    return out
 
 
-def pick_varlen_kernel(q: torch.Tensor, dropout_p: float) -> VarlenKernel:
+def pick_varlen_kernel(q: torch.Tensor, dropout_p: float = 0.0) -> VarlenKernel:
     """The kernel ``"auto"`` runs for these queries: varlen where it applies, else loop on the
-    CPU and repad elsewhere."""
-    if varlen_kernel_applies(q, dropout_p):
+    CPU and repad elsewhere. (All three support dropout.)"""
+    if varlen_kernel_applies(q):
         return "varlen"
     return "loop" if q.device.type == "cpu" else "repad"
 
 
-def varlen_kernel_applies(q: torch.Tensor, dropout_p: float) -> bool:
+def varlen_kernel_applies(q: torch.Tensor) -> bool:
+    """Flash-attention's conditions: CUDA, half precision, head width a multiple of 8 <= 256."""
     return (
-        varlen_attn is not None
-        and q.device.type == "cuda"
+        q.device.type == "cuda"
         and q.dtype in (torch.float16, torch.bfloat16)
-        and dropout_p == 0.0
+        and q.shape[-1] % 8 == 0
+        and q.shape[-1] <= 256
     )
 
 
-def _varlen_kernel(q: torch.Tensor, dropout_p: float) -> Callable[..., torch.Tensor]:
-    if varlen_attn is None or not varlen_kernel_applies(q, dropout_p):
-        raise ValueError(
-            f"the varlen kernel needs torch >= 2.10, CUDA, float16 or bfloat16 and no dropout; "
-            f"got torch {torch.__version__}, device {q.device.type}, dtype {q.dtype}, "
-            f"dropout_p {dropout_p}"
-        )
-    return varlen_attn
-
-
-def _per_sequence_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    packing: Packing,
-    dropout_p: float,
-    backend: Backend,
+def _per_sequence_math(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing, dropout_p: float
 ) -> torch.Tensor:
-    """One attention call per sequence, on views of the packed tokens: no padding, no mask."""
+    """The formula for each sequence on views of the packed tokens, with autograd: the oracle."""
     outs = []
     for q_s, k_s, v_s in zip(packing.split(q), packing.split(k), packing.split(v), strict=True):
         if q_s.shape[0] == 0:
             continue  # an empty sequence has no queries
         q_s, k_s, v_s = (t.transpose(0, 1)[None] for t in (q_s, k_s, v_s))  # -> (1, H, s, K)
-        out = attend(q_s, k_s, v_s, None, dropout_p, backend)  # checked once, not per sequence
+        out = attend(q_s, k_s, v_s, None, dropout_p, "math")  # checked once, not per sequence
         outs.append(out[0].transpose(0, 1))  # (1, H, s, K) -> (s, H, K)
     return torch.cat(outs) if outs else torch.zeros_like(q)
-
-
-def _repadded_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    packing: Packing,
-    dropout_p: float,
-    backend: Backend,
-) -> torch.Tensor:
-    """Pad every sequence to the longest (M tokens), attend once with a key mask, repack."""
-    lengths = packing.cu_seqlens.diff()  # (B,), on q's device already
-    real = torch.arange(packing.max_len, device=q.device) < lengths[:, None]  # (B, M)
-    index = real.flatten().nonzero().squeeze(1)  # (N,) rows of the (B * M) padded layout
-
-    def pad(t: torch.Tensor) -> torch.Tensor:  # (N, H, K) -> (B, H, M, K)
-        rows = t.new_zeros(real.numel(), *t.shape[1:]).index_copy(0, index, t)  # (B * M, H, K)
-        return rows.view(*real.shape, *t.shape[1:]).transpose(1, 2)
-
-    key_mask = real[:, None, None, :]  # (B, M) -> (B, 1, 1, M)
-    out = attend(pad(q), pad(k), pad(v), key_mask, dropout_p, backend)  # (B, H, M, K)
-    return out.transpose(1, 2).flatten(0, 1).index_select(0, index)  # -> (B * M, H, K) -> (N, H, K)
 
 
 def packed_attention_weights(q: torch.Tensor, k: torch.Tensor, packing: Packing) -> torch.Tensor:

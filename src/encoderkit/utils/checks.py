@@ -11,6 +11,16 @@ from collections.abc import Collection
 import torch
 
 
+def tracing() -> bool:
+    """True while ``torch.compile``, ``torch.export`` or the ONNX exporter traces the model.
+
+    Checks of tensor *values* (token ids in range, a mask of 0 and 1) read the tensor on the
+    host, which a traced graph cannot do; they run in eager calls and are skipped while tracing.
+    Shape and dtype checks run always: they cost nothing and are part of the trace.
+    """
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def check_positive_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
