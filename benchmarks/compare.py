@@ -3,6 +3,7 @@
     python -m benchmarks.compare                 # MiniLM inference + training, BERT-base inference
     python -m benchmarks.compare --quick         # MiniLM only, fewer repeats
     python -m benchmarks.compare --all --markdown table.md --json rows.json
+    python -m benchmarks.compare --quick --compile   # with whole-model torch.compile rows
 
 Two row groups per shape, mode and batch, each group on one set of weights:
 
@@ -31,6 +32,11 @@ in kind (encoderkit's ``ff_dropout`` follows each peer: 0 like BERT's feed-forwa
 like ``nn.TransformerEncoderLayer``'s), though not the same random numbers. Every contender steps
 the same optimizer, ``torch.optim.AdamW(fused=True)`` (the default of Hugging Face's Trainer).
 
+``--compile`` adds a whole-model ``torch.compile`` copy of encoderkit and of each group's peer at
+its best (``nn.TransformerEncoder``, HF sdpa) beside the eager ones, each with its own weights and
+optimizer. Their "compile s" is the time of their first calls (the checked run and, for training,
+the first train-mode step), compiling included, reported apart from the timed runs.
+
 FLOPs count real tokens only (perf-anchors section 1): per layer forward, 8 d^2 + 4 d f per token
 and 4 d s^2 per sequence of s tokens, times 3 for a training step. MFU divides by an fp32 matmul
 ceiling timed in the same run. Contenders are timed in turn (A B C, A B C, ...), so a change in the
@@ -42,43 +48,39 @@ Shape legend: B batch, T tokens, D model width.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from benchmarks.flags import comma_list, positive_int, probability
-from benchmarks.gates import diffs_to_ours, gate, max_abs, rel_max
 from benchmarks.measure import (
     OURS,
     TRAIN_FLOPS_FACTOR,
     Timed,
     forward_flops,
+    is_ours,
     matmul_ceiling,
     time_round_robin,
+    timed,
     with_speedups,
 )
-from benchmarks.peers import DROPOUT, Group, encoder_group, state_copy, text_group
-from benchmarks.report import machine_info, ms, spread, table
+from benchmarks.peers import DROPOUT, Group, encoder_group, state_copy, text_group, with_compiled
+from benchmarks.report import machine_info, ms, publish, spread, table
 from benchmarks.steps import (
     adamw,
-    infer_once,
+    check_inference,
+    check_training,
     inference_call,
     make_target,
-    train_once,
     training_call,
 )
 from benchmarks.workloads import SHAPES, Batch, Shape, make_batches
-from encoderkit import Encoder
-from encoderkit.utils.files import atomic_write_text
 
 MODES = ("infer", "train")
 # Timed runs per row after the checked warm-up run, per shape and mode. Measured on the 2-core
@@ -93,45 +95,6 @@ REPEATS = {
 }
 DEFAULT_PLAN = {"minilm": {"infer": 3, "train": 2}, "bert-base": {"infer": 1}}
 QUICK_REPEATS = {"infer": 2, "train": 1}
-
-
-# The correctness gate
-
-
-def check_inference(group: Group, batch: Batch, inputs: torch.Tensor) -> dict[str, float]:
-    """Max abs diff of each peer's output from encoderkit's on real tokens, run exactly as timed;
-    MismatchError where one is not within TOLERANCE."""
-    mask, real = batch.mask, batch.real
-    outs = {c.name: infer_once(c, inputs, mask, real) for c in group.contenders}
-    diffs = diffs_to_ours(outs, max_abs)
-    gate(diffs, f"{group.level}, {batch.kind} batch, inference output")
-    return diffs
-
-
-def check_training(
-    group: Group,
-    batch: Batch,
-    inputs: torch.Tensor,
-    target: torch.Tensor,
-    optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
-) -> tuple[dict[str, float], dict[str, float]]:
-    """The training step's function with dropout off (eval mode, gradients on): each peer's
-    output diff on real tokens, and its probe weight's gradient diff relative to the largest
-    entry of encoderkit's; MismatchError where one is not within TOLERANCE.
-
-    Given ``optimizers``, each contender then steps on the checked gradients, so the check is
-    also the warm-up of the whole training step, optimizer state included.
-    """
-    outs, grads = {}, {}
-    for c in group.contenders:
-        optimizer = None if optimizers is None else optimizers[c.name]
-        outs[c.name], grads[c.name] = train_once(
-            c, inputs, batch.mask, batch.real, target, optimizer
-        )
-    out_diffs, grad_diffs = diffs_to_ours(outs, max_abs), diffs_to_ours(grads, rel_max)
-    gate(out_diffs, f"{group.level}, {batch.kind} batch, training output")
-    gate(grad_diffs, f"{group.level}, {batch.kind} batch, training gradient (relative)")
-    return out_diffs, grad_diffs
 
 
 # Rows and the run
@@ -151,10 +114,11 @@ class Row(Timed):
     out_diff: float | None = None  # None on encoderkit's own row: it is the reference
     grad_diff: float | None = None
     speedup: float = math.nan  # ours: best peer / ours; a peer: this peer / ours. > 1: we win
+    compile_s: float | None = None  # compiled rows: their first calls, compiling included
 
     @property
     def ours(self) -> bool:
-        return self.contender == OURS
+        return is_ours(self.contender)
 
     @property
     def tokens_per_s(self) -> float:
@@ -177,7 +141,7 @@ class Report:
     dropout: float
     rows: list[Row]
     seconds: float
-    compiled: bool = False
+    compiled: str | None = None  # torch.compile's backend, when compiled rows were added
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -201,16 +165,16 @@ def run(
     ceiling_n: int = 2048,
     dropout: float = DROPOUT,
     log: Callable[[str], None] = lambda _: None,
-    compile: bool = False,
+    compile: str | None = None,
 ) -> Report:
     """Check, then time every contender of every shape, mode and batch in ``plan``.
 
     The check's run is the first warm-up; ``warmup`` adds rounds. Rows come in table order:
-    shape, mode, batch, then the encoder and text-model groups. ``compile`` compiles
-    encoderkit's position-wise sublayers (``Encoder.compile_position_wise``) and adds a warm-up
-    round, so compiling (train and eval graphs) happens before the timed runs.
+    shape, mode, batch, then the encoder and text-model groups. ``compile`` (a ``torch.compile``
+    backend, "inductor" on the command line) adds whole-model compiled copies of encoderkit and
+    of each group's fastest peer (``peers.with_compiled``); they compile in their first calls,
+    before the timed runs, and report that time apart.
     """
-    warmup += compile
     start = time.perf_counter()
     batches = make_batches() if batches is None else batches
     ceiling = matmul_ceiling(ceiling_n)
@@ -225,11 +189,8 @@ def run(
                 encoder_group(shape, dropout=dropout),
                 text_group(shape, Path(tmp), dropout=dropout),
             ]
-        if compile:
-            for group in groups:
-                ours = group.contenders[0].model
-                encoder = ours if isinstance(ours, Encoder) else ours.encoder
-                encoder.compile_position_wise()
+        if compile is not None:
+            groups = [with_compiled(g, compile) for g in groups]
         # Every training row starts from these weights (copies take seconds at BERT-base).
         training = "train" in repeats
         fresh = [[state_copy(c.model) for c in g.contenders] if training else [] for g in groups]
@@ -254,21 +215,26 @@ def _time_group(
     inputs = group.make_inputs(batch)
     mask, real = batch.mask, batch.real
     grad_diffs: dict[str, float] = {}
+    first: dict[str, float] = {}  # each contender's checked run, seconds
     if mode == "infer":
-        out_diffs = check_inference(group, batch, inputs)
+        out_diffs = check_inference(group, batch, inputs, first)
         for c in group.contenders:
             c.model.eval()
         calls = {c.name: inference_call(c.forward, inputs, mask) for c in group.contenders}
     else:
         target = make_target(batch, shape.d_model)
         optimizers = {c.name: adamw(c.model, lr=1e-5) for c in group.contenders}
-        out_diffs, grad_diffs = check_training(group, batch, inputs, target, optimizers)
+        out_diffs, grad_diffs = check_training(group, batch, inputs, target, optimizers, first)
         for c in group.contenders:
             c.model.train()
         calls = {
             c.name: training_call(c.forward, inputs, mask, real, target, optimizers[c.name])
             for c in group.contenders
         }
+        for c in group.contenders:  # the train-mode graph compiles in its first step
+            if c.compiled:
+                first[c.name] += timed(calls[c.name])[1]
+    compiled = {c.name for c in group.contenders if c.compiled}
     times = time_round_robin(calls, warmup, repeats)
     flops = forward_flops(shape.n_layers, shape.d_model, shape.d_ff, batch.lengths)
     flops *= TRAIN_FLOPS_FACTOR if mode == "train" else 1
@@ -285,6 +251,7 @@ def _time_group(
             ceiling,
             out_diffs.get(name),
             grad_diffs.get(name),
+            compile_s=first[name] if name in compiled else None,
         )
         for name, ts in times.items()
     ]
@@ -301,7 +268,12 @@ def header(report: Report) -> str:
         f"({m['threads']} threads), transformers {m['transformers']}, Python {m['python']}, "
         f"{m['date']}. fp32 matmul ceiling ({report.ceiling_n}^3, best of 10) "
         f"{report.ceiling_flops_per_s / 1e9:.1f} GFLOP/s. Training dropout {report.dropout:g}. "
-        + ("encoderkit compiled (`--compile`). " if report.compiled else "")
+        + (
+            f"Compiled rows: whole-model `torch.compile` ({report.compiled}); their compile s is "
+            "the time of their first calls, compiling included. "
+            if report.compiled
+            else ""
+        )
         + f"Run took {report.seconds:.0f} s."
     )
 
@@ -309,7 +281,7 @@ def header(report: Report) -> str:
 def markdown_table(rows: Sequence[Row]) -> str:
     columns = (
         "shape | batch | mode | model | contender | median ms | min-max ms (runs) | real tok/s "
-        "| encoderkit speed-up | MFU | out diff | grad diff (rel)"
+        "| encoderkit speed-up | MFU | out diff | grad diff (rel) | compile s"
     ).split(" | ")
     cells = []
     for r in rows:
@@ -326,11 +298,12 @@ def markdown_table(rows: Sequence[Row]) -> str:
                 f"{r.tokens_per_s:,.0f}",
                 speedup,
                 f"{r.mfu:.1%}",
-                "ref" if r.ours else _diff(r.out_diff),
-                "ref" if r.ours and r.mode == "train" else _diff(r.grad_diff),
+                "ref" if r.contender == OURS else _diff(r.out_diff),
+                "ref" if r.contender == OURS and r.mode == "train" else _diff(r.grad_diff),
+                "" if r.compile_s is None else f"{r.compile_s:.1f}",
             ]
         )
-    return "\n".join(table(columns, "lllllrrrrrrr", cells))
+    return "\n".join(table(columns, "lllllrrrrrrrr", cells))
 
 
 def _diff(value: float | None) -> str:
@@ -375,7 +348,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile encoderkit's feed-forward and LayerNorms (needs a C++ compiler on CPU)",
+        help="add whole-model torch.compile rows of encoderkit, nn.TransformerEncoder and HF "
+        "sdpa, compile time apart (needs a C++ compiler on CPU; about 20 s a model and mode)",
     )
     parser.add_argument(
         "--markdown", type=Path, metavar="FILE", help="write the machine line and the table"
@@ -419,14 +393,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan,
         dropout=args.dropout,
         log=lambda line: print(line, file=sys.stderr, flush=True),
-        compile=args.compile,
+        compile="inductor" if args.compile else None,
     )
     text = header(report) + "\n\n" + markdown_table(report.rows) + "\n"
-    print("\n" + text)
-    if args.markdown is not None:
-        atomic_write_text(args.markdown, text)
-    if args.json is not None:
-        atomic_write_text(args.json, json.dumps(report.as_dict(), indent=2) + "\n")
+    publish(text, report.as_dict(), args.markdown, args.json)
     return 0
 
 

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import torch
 
 from benchmarks.gates import diffs_to_ours
-from benchmarks.measure import OURS, Timed, matmul_ceiling, time_round_robin, with_speedups
+from benchmarks.measure import OURS, Timed, matmul_ceiling, time_round_robin, timed, with_speedups
 from benchmarks.workloads import SHAPES, Shape
 from encoderkit import VisionConfig
 
@@ -27,6 +27,10 @@ DATASHEET_PEAK = 989e12  # dense bf16 FLOP/s, H100 / H200 SXM (perf-anchors sect
 FP32_TOL = 1e-5  # max abs diff on real tokens; gradients relative to their largest entry
 BF16_TOL = 3e-2  # relative RMS diff, ||a - ref|| / ||ref||; bf16 BERT-base measures about 1e-2
 LR = 1e-5
+# Which cases get whole-model torch.compile rows: "train", the encoder group's training cases
+# (encoderkit and nn.TransformerEncoder, the issue's training targets); "all", every case, with
+# HF sdpa too; "none".
+COMPILE_CHOICES = ("none", "train", "all")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class Sizes:
     head_dim: int
     ceiling_n: int
     ceiling_repeats: int
+    compile_backend: str  # torch.compile's, for the compiled rows
 
 
 # Repeats for the 8-minute budget on one H200, where a BERT-base 32 x 512 training step takes
@@ -75,6 +80,7 @@ FULL = Sizes(
     head_dim=64,
     ceiling_n=8192,
     ceiling_repeats=10,
+    compile_backend="inductor",
 )
 SMOKE = Sizes(
     name="smoke",
@@ -115,6 +121,8 @@ SMOKE = Sizes(
     head_dim=64,
     ceiling_n=256,
     ceiling_repeats=3,
+    # dynamo traces the models as on the GPU, without generating code: seconds, not minutes
+    compile_backend="eager",
 )
 
 # Results
@@ -153,6 +161,7 @@ class Row(Timed):
     speedup: float = math.nan  # ours: best peer / ours; a peer: this peer / ours. > 1: we win
     memory_bytes: int | None = None  # attention: peak allocated above the inputs
     memory_ratio: float | None = None  # that, over one T x T x H bf16 tensor
+    compile_s: float | None = None  # compiled rows: their first calls, compiling included
 
     @property
     def per_s(self) -> float:
@@ -206,6 +215,7 @@ class Bench:
     sizes: Sizes
     device: torch.device
     dropout: float
+    compile: str = "train"  # one of COMPILE_CHOICES
     start: float = field(default_factory=time.perf_counter)
     ceiling_flops: float | None = None  # measured on first use
 
@@ -300,11 +310,21 @@ def each(
 
 
 def runnable(
-    b: Bench, section: Section, case: str, calls: Mapping[str, Callable[[], None]]
+    b: Bench,
+    section: Section,
+    case: str,
+    calls: Mapping[str, Callable[[], None]],
+    seconds: dict[str, float] | None = None,
 ) -> dict[str, Callable[[], None]]:
     """Each call once, guarded, in the mode it is timed in (so also the first warm-up round):
-    one that raises is reported and left out of the timing."""
-    ran = each(b, section, f"{case}, timed call", calls, lambda _, call: call())
+    one that raises is reported and left out of the timing. ``seconds`` gets each one's time."""
+
+    def once(name: str, call: Callable[[], None]) -> None:
+        took = timed(call, b.sync)[1]
+        if seconds is not None:
+            seconds[name] = took
+
+    ran = each(b, section, f"{case}, timed call", calls, once)
     return {name: call for name, call in calls.items() if name in ran}
 
 
@@ -319,16 +339,22 @@ def gated_rows(
     mode: str,
     per_call: tuple[int, str],
     flops: float,
+    checked_s: Mapping[str, float] | None = None,
 ) -> list[Row]:
     """Record each peer's ``what`` (output, logits) and gradient against encoderkit's, then time
-    the calls that run (``mode`` picks the repeats) as rows of ``per_call`` (count, unit) items."""
+    the calls that run (``mode`` picks the repeats) as rows of ``per_call`` (count, unit) items.
+
+    ``checked_s``: the compiled contenders' checked runs, seconds; their rows' compile time is
+    that, plus in training the first train-mode step (a graph of its own)."""
     out_diffs, grad_diffs = diffs_to_ours(outs), diffs_to_ours(grads)
     for name, diff in out_diffs.items():
         record(b, section, f"{case}: {name} {what} vs {OURS}", "rel RMS", diff, BF16_TOL)
     for name, diff in grad_diffs.items():
         record(b, section, f"{case}: {name} grad vs {OURS}", "rel RMS", diff, BF16_TOL)
     repeats = b.sizes.repeats[mode]
-    times = time_round_robin(runnable(b, section, case, calls), b.sizes.warmup, repeats, b.sync)
+    first: dict[str, float] = {}
+    ran = runnable(b, section, case, calls, first)
+    times = time_round_robin(ran, b.sizes.warmup, repeats, b.sync)
     items, unit = per_call
     rows = [
         Row(case, name, [t * 1e3 for t in ts], items, unit, flops, b.ceiling(), b.peak)
@@ -336,6 +362,8 @@ def gated_rows(
     ]
     for r in rows:
         r.out_diff, r.grad_diff = out_diffs.get(r.contender), grad_diffs.get(r.contender)
+        if checked_s is not None and r.contender in checked_s:
+            r.compile_s = checked_s[r.contender] + (first[r.contender] if mode == "train" else 0)
     return with_speedups(rows)
 
 
@@ -356,6 +384,13 @@ def exact_fp32(device: torch.device) -> Iterator[None]:
     finally:
         torch.set_float32_matmul_precision(matmul)
         torch.backends.cudnn.allow_tf32 = conv
+
+
+def graph_breaks() -> int:
+    """Graph breaks ``torch.compile`` has met in this process so far (dynamo's own counter)."""
+    from torch._dynamo.utils import counters
+
+    return sum(counters["graph_break"].values())
 
 
 def free_memory(device: torch.device) -> None:

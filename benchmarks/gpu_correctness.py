@@ -83,7 +83,9 @@ def _check_encoders(b: Bench, section: Section) -> None:
 
 def _report_kernels(b: Bench, section: Section) -> None:
     """Which kernel ``varlen_attention``'s "auto" picks for each precision and mode."""
-    q = torch.empty(1, 1, 1, device=b.device)  # (N, H, K); only device and dtype matter
+    s = b.sizes.shape
+    # (N, H, K): the kernel depends on the device, the dtype and the head width K
+    q = torch.empty(1, 1, s.d_model // s.n_heads, device=b.device)
     picks = {
         "fp32": pick_varlen_kernel(q, 0.0),
         "bf16 inference": pick_varlen_kernel(q.bfloat16(), 0.0),
@@ -128,7 +130,7 @@ def _check_bf16(
     ref_grad: torch.Tensor,
 ) -> None:
     """bf16 weights (as inference) and bf16 autocast over fp32 weights (as training)."""
-    q = torch.empty(1, 1, 1, device=b.device, dtype=torch.bfloat16)
+    q = torch.empty(1, 1, ours.config.head_dim, device=b.device, dtype=torch.bfloat16)  # (N, H, K)
     auto = pick_varlen_kernel(q, 0.0)
     half_ours, half_padded = (copy.deepcopy(m).to(torch.bfloat16) for m in (ours, padded))
     cases: list[tuple[str, Encoder, torch.dtype | None, str | None]] = [
@@ -175,8 +177,8 @@ def _check_kernels(b: Bench, section: Section) -> None:
     for kernel in ("loop", "repad", "varlen"):
         for dtype in (torch.float32, torch.bfloat16):
             name = f"varlen_attention kernel {kernel}, {str(dtype).removeprefix('torch.')}"
-            probe = torch.empty(1, 1, 1, device=dev, dtype=dtype)
-            if kernel == "varlen" and not varlen_kernel_applies(probe, 0.0):
+            probe = torch.empty(1, 1, K, device=dev, dtype=dtype)
+            if kernel == "varlen" and not varlen_kernel_applies(probe):
                 why = "needs CUDA" if not b.cuda else "needs half precision"
                 skip(b, section, name, why)
                 continue

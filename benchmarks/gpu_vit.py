@@ -1,7 +1,7 @@
 """``benchmarks.gpu``'s vit section: ``ImageClassifier(VisionConfig.vit_base(), num_classes=1000)``
 against timm's ``vit_base_patch16_224`` with timm's weights copied into ours (fp32 logits checked
 first): bf16 inference, and a training step (bf16 autocast, cross-entropy on random labels, fused
-AdamW).
+AdamW); and the issue's target, training >= 1.2x timm.
 
 Shape legend: B batch, C channels or classes.
 """
@@ -30,7 +30,7 @@ from benchmarks.gpu_bench import (
     record,
     skip,
 )
-from benchmarks.gpu_report import log_rows
+from benchmarks.gpu_report import log_rows, target, target_line
 from benchmarks.measure import OURS, TRAIN_FLOPS_FACTOR, forward_flops
 from benchmarks.peers import state_copy
 from benchmarks.steps import adamw
@@ -55,6 +55,7 @@ TIMM_LAYER = {  # ours under encoder.encoder.blocks.{i}. <- timm's under blocks.
     "ff.fc2": "mlp.fc2",
 }
 PROBES = {OURS: "encoder.encoder.blocks.0.attn.qkv.weight", "timm": "blocks.0.attn.qkv.weight"}
+TRAIN_TARGET = 1.2  # encoderkit's training step over timm's
 
 
 def timm_to_ours(state: Mapping[str, torch.Tensor], n_layers: int) -> dict[str, torch.Tensor]:
@@ -102,6 +103,11 @@ def run_vit(b: Bench, section: Section) -> None:
             rows = time_vit(b, section, case, train, models, states, pixels.to(dev), labels, mapped)
             section.rows += rows
             log_rows(b, rows)
+            by_name = {r.contender: r for r in rows}
+            if train and OURS in by_name and "timm" in by_name:
+                ratio = by_name["timm"].median_ms / by_name[OURS].median_ms
+                section.info["targets"] = [target(f"{case}: vs timm", ratio, TRAIN_TARGET)]
+                b.log(target_line(section.info["targets"][0]).strip())
         free_memory(dev)
     del models, states
     free_memory(dev)

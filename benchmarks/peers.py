@@ -5,14 +5,18 @@
 * text model: ``encoderkit.TextEncoder`` against Hugging Face ``BertModel`` with sdpa and with
   eager attention, both loaded from the directory ``encoderkit.save_pretrained`` wrote.
 
+``with_compiled`` adds whole-model ``torch.compile`` copies of chosen contenders beside them.
+
 Shape legend: B batch, T tokens, D model width.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -23,6 +27,11 @@ from benchmarks.workloads import Batch, Shape
 from encoderkit import Encoder, TextConfig, TextEncoder, save_pretrained
 
 DROPOUT = 0.1
+TORCH = "nn.TransformerEncoder"
+HF_SDPA = "HF BertModel sdpa"
+# The contenders worth compiling: encoderkit, and each group's peer at its best (Hugging Face's
+# eager attention is the slower of its two; compiled it races nothing new).
+COMPILED = (OURS, TORCH, HF_SDPA)
 
 Forward = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]  # (inputs, mask) -> (B, T, D)
 
@@ -33,6 +42,8 @@ class Contender:
     model: nn.Module
     forward: Forward
     probe: nn.Parameter  # the weight whose gradient the training check compares
+    bind: Callable[[nn.Module], Forward] | None = None  # ``forward`` on another copy of ``model``
+    compiled: bool = False
 
 
 @dataclass
@@ -64,8 +75,11 @@ def encoder_group(shape: Shape, seed: int = 0, dropout: float = DROPOUT) -> Grou
                 nn.init.normal_(p, std=0.02)
     ours = Encoder.from_torch(theirs)
 
-    def torch_forward(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return theirs(x, src_key_padding_mask=None if mask is None else ~mask)  # True = pad
+    def torch_forward(model: nn.Module) -> Forward:
+        def forward(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+            return model(x, src_key_padding_mask=None if mask is None else ~mask)  # True = pad
+
+        return forward
 
     def make_inputs(batch: Batch) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed + 1)
@@ -74,12 +88,13 @@ def encoder_group(shape: Shape, seed: int = 0, dropout: float = DROPOUT) -> Grou
     return Group(
         "encoder",
         [
-            Contender(OURS, ours, ours, ours.blocks[0].attn.qkv.weight),
+            Contender(OURS, ours, ours, ours.blocks[0].attn.qkv.weight, _itself),
             Contender(
-                "nn.TransformerEncoder",
+                TORCH,
                 theirs,
-                torch_forward,
+                torch_forward(theirs),
                 theirs.layers[0].self_attn.in_proj_weight,
+                torch_forward,
             ),
         ],
         make_inputs,
@@ -104,7 +119,7 @@ def text_group(shape: Shape, directory: Path, seed: int = 0, dropout: float = DR
     torch.manual_seed(seed)
     ours = TextEncoder(config)
     save_pretrained(ours, directory)
-    contenders = [Contender(OURS, ours, ours, ours.embeddings.tokens.weight)]
+    contenders = [Contender(OURS, ours, ours, ours.embeddings.tokens.weight, _itself)]
     for impl in ("sdpa", "eager"):
         # The weights are saved in float32, so they load as float32 under any transformers
         # default; no dtype argument, whose name changed in 4.56 (torch_dtype -> dtype).
@@ -113,7 +128,11 @@ def text_group(shape: Shape, directory: Path, seed: int = 0, dropout: float = DR
             raise MismatchError(f"HF BertModel {impl} loaded as {hf.dtype}, expected torch.float32")
         contenders.append(
             Contender(
-                f"HF BertModel {impl}", hf, _hf_forward(hf), hf.embeddings.word_embeddings.weight
+                f"HF BertModel {impl}",
+                hf,
+                _hf_forward(hf),
+                hf.embeddings.word_embeddings.weight,
+                _hf_forward,
             )
         )
 
@@ -123,6 +142,10 @@ def text_group(shape: Shape, directory: Path, seed: int = 0, dropout: float = DR
         return ids.masked_fill(~batch.real, config.pad_token_id)  # (B, T)
 
     return Group("text model", contenders, make_inputs)
+
+
+def _itself(model: nn.Module) -> Forward:
+    return model
 
 
 def _hf_forward(model: nn.Module) -> Forward:
@@ -136,3 +159,33 @@ def _hf_forward(model: nn.Module) -> Forward:
 def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights, copied to the CPU: where every timed case starts from."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def compiled_copy(c: Contender, backend: str = "inductor") -> Contender:
+    """``c`` as "<name> compiled": a deep copy of its model under whole-model ``torch.compile``,
+    with its own weights (and so its own optimizer), to race ``c`` and the others."""
+    if c.bind is None:
+        raise ValueError(f"{c.name}: expected a contender that can bind a copy, got bind=None")
+    model = copy.deepcopy(c.model)
+    (probe,) = [n for n, p in c.model.named_parameters() if p is c.probe]
+    compiled = cast(nn.Module, torch.compile(model, backend=backend))  # an OptimizedModule
+    return Contender(
+        f"{c.name} compiled", compiled, c.bind(compiled), model.get_parameter(probe), c.bind, True
+    )
+
+
+def with_compiled(
+    group: Group, backend: str = "inductor", names: Collection[str] = COMPILED
+) -> Group:
+    """``group`` with a compiled copy of each contender named in ``names`` right after it."""
+    contenders = []
+    for c in group.contenders:
+        contenders.append(c)
+        if c.name in names:
+            contenders.append(compiled_copy(c, backend))
+    return Group(group.level, contenders, group.make_inputs)
+
+
+def only(group: Group, keep: Callable[[Contender], bool]) -> Group:
+    """``group`` with the contenders ``keep`` accepts, in order."""
+    return Group(group.level, [c for c in group.contenders if keep(c)], group.make_inputs)

@@ -3,6 +3,7 @@ them."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from collections.abc import Iterable, Sequence
@@ -11,6 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from encoderkit.utils.files import atomic_write_text
+
+# The CPU features that decide which kernels run: AVX-512 fp32 FMA, bf16 dot products on
+# AVX512-BF16, int8 ones on VNNI, and AMX tiles (the fast bf16 / int8 matmul units).
+NOTABLE_FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512_bf16",
+    "avx512_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
 
 
 def machine_info() -> dict[str, Any]:
@@ -24,17 +39,26 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     name = cpu.get("model name") or platform.processor() or "unknown CPU"
+    flags = set(cpu.get("flags", "").split())
     if "cpu family" in cpu and "model" in cpu:
         name += f" (family {cpu['cpu family']}, model {cpu['model']})"
     return {
         "cpu": name,
         "cores": os.cpu_count(),
+        "cpu_flags": [f for f in NOTABLE_FLAGS if f in flags],
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "date": now(),
     }
+
+
+def flags_note(flags: Sequence[str]) -> str:
+    """The CPU flags a reader needs to judge bf16 and int8 figures, in words."""
+    amx = "AMX" if "amx_bf16" in flags else "no AMX"
+    bf16 = "AVX512-BF16" if "avx512_bf16" in flags else "no AVX512-BF16"
+    return f"{' '.join(flags) or 'none of ' + ', '.join(NOTABLE_FLAGS)} ({bf16}, {amx})"
 
 
 def now() -> str:
@@ -61,3 +85,14 @@ def table(columns: Sequence[str], align: str, rows: Iterable[Sequence[str]]) -> 
 
 def _line(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
+
+
+def publish(
+    text: str, payload: dict[str, Any], markdown: Path | None, json_path: Path | None
+) -> None:
+    """Print the markdown ``text``; write it and the JSON ``payload`` (atomically) where asked."""
+    print("\n" + text)
+    if markdown is not None:
+        atomic_write_text(markdown, text)
+    if json_path is not None:
+        atomic_write_text(json_path, json.dumps(payload, indent=2) + "\n")

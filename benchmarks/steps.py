@@ -1,5 +1,6 @@
 """The work every contender is timed on, written once: an inference, a training step (forward,
-the loss on the real tokens, backward, optimizer step), each once as checked and as a timed call.
+the loss on the real tokens, backward, optimizer step), each once as checked and as a timed call;
+and compare.py's fp32 gate, which runs a group's checked calls and stops on a mismatch.
 
 With ``autocast`` (a dtype) the forward runs under ``torch.autocast`` and the loss in fp32; without
 it, in the models' own dtype and outside any autocast context.
@@ -10,14 +11,16 @@ Shape legend: B batch, T tokens, N real tokens, D model width, H heads, K head w
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from benchmarks.gates import MismatchError
-from benchmarks.peers import Contender, Forward
+from benchmarks.gates import MismatchError, diffs_to_ours, gate, max_abs, rel_max
+from benchmarks.measure import timed
+from benchmarks.peers import Contender, Forward, Group
 from benchmarks.workloads import Batch
 
 
@@ -140,3 +143,52 @@ def attention_call(
             t.grad = None
 
     return forward_backward
+
+
+# The fp32 correctness gate over a group (compare.py)
+
+
+def check_inference(
+    group: Group, batch: Batch, inputs: torch.Tensor, seconds: dict[str, float] | None = None
+) -> dict[str, float]:
+    """Max abs diff of each peer's output from encoderkit's on real tokens, run exactly as timed;
+    MismatchError where one is not within TOLERANCE. ``seconds`` gets each contender's time."""
+    mask, real = batch.mask, batch.real
+    outs = {}
+    for c in group.contenders:
+        outs[c.name], took = timed(functools.partial(infer_once, c, inputs, mask, real))
+        if seconds is not None:
+            seconds[c.name] = took
+    diffs = diffs_to_ours(outs, max_abs)
+    gate(diffs, f"{group.level}, {batch.kind} batch, inference output")
+    return diffs
+
+
+def check_training(
+    group: Group,
+    batch: Batch,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+    seconds: dict[str, float] | None = None,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The training step's function with dropout off (eval mode, gradients on): each peer's
+    output diff on real tokens, and its probe weight's gradient diff relative to the largest
+    entry of encoderkit's; MismatchError where one is not within TOLERANCE.
+
+    Given ``optimizers``, each contender then steps on the checked gradients, so the check is
+    also the warm-up of the whole training step, optimizer state included. ``seconds`` gets each
+    contender's time.
+    """
+    outs, grads = {}, {}
+    for c in group.contenders:
+        optimizer = None if optimizers is None else optimizers[c.name]
+        (outs[c.name], grads[c.name]), took = timed(
+            functools.partial(train_once, c, inputs, batch.mask, batch.real, target, optimizer)
+        )
+        if seconds is not None:
+            seconds[c.name] = took
+    out_diffs, grad_diffs = diffs_to_ours(outs, max_abs), diffs_to_ours(grads, rel_max)
+    gate(out_diffs, f"{group.level}, {batch.kind} batch, training output")
+    gate(grad_diffs, f"{group.level}, {batch.kind} batch, training gradient (relative)")
+    return out_diffs, grad_diffs

@@ -65,8 +65,8 @@ def group(request, tmp_path):
 def test_gate_passes_same_weights_and_stops_a_perturbed_peer(group, batch):
     inputs = group.make_inputs(batch)
     target = steps.make_target(batch, TINY.d_model)
-    diffs = compare.check_inference(group, batch, inputs)
-    out_diffs, grad_diffs = compare.check_training(group, batch, inputs, target)
+    diffs = steps.check_inference(group, batch, inputs)
+    out_diffs, grad_diffs = steps.check_training(group, batch, inputs, target)
     assert len(diffs) == len(group.contenders) - 1
     assert max(diffs.values()) < 1e-5
     assert max(out_diffs.values()) < 1e-5 and max(grad_diffs.values()) < 1e-5
@@ -76,9 +76,9 @@ def test_gate_passes_same_weights_and_stops_a_perturbed_peer(group, batch):
         g = torch.Generator().manual_seed(5)
         peer.probe.add_(1e-2 * torch.randn(peer.probe.shape, generator=g))
     with pytest.raises(gates.MismatchError, match=f"{peer.name} differs by"):
-        compare.check_inference(group, batch, inputs)
+        steps.check_inference(group, batch, inputs)
     with pytest.raises(gates.MismatchError, match="training output"):
-        compare.check_training(group, batch, inputs, target)
+        steps.check_training(group, batch, inputs, target)
 
 
 def test_gate_stops_nan():
@@ -113,6 +113,51 @@ def test_tiny_comparison_end_to_end():
     assert len(table) == 2 + len(rows) and "vs best peer" in table[2]
     assert "matmul ceiling (128^3" in compare.header(report)
     assert json.loads(json.dumps(report.as_dict()))["rows"][0]["contender"] == "encoderkit"
+    assert all(r.compile_s is None for r in rows) and "Compiled rows" not in compare.header(report)
+
+
+@pytest.mark.slow
+def test_compiled_rows_race_beside_the_eager_ones():
+    # the eager backend: dynamo traces each model as inductor would, without generating code
+    report = compare.run(
+        [(TINY, {"infer": 1})], batches=BATCHES[:1], ceiling_n=128, compile="eager"
+    )
+    names = [r.contender for r in report.rows]
+    assert names == [
+        "encoderkit",
+        "encoderkit compiled",
+        "nn.TransformerEncoder",
+        "nn.TransformerEncoder compiled",
+        "encoderkit",
+        "encoderkit compiled",
+        "HF BertModel sdpa",
+        "HF BertModel sdpa compiled",
+        "HF BertModel eager",
+    ]
+    for r in report.rows:
+        assert (r.compile_s is not None and r.compile_s > 0) == r.contender.endswith("compiled")
+        assert r.contender == "encoderkit" or r.out_diff < 1e-5  # compiled ours is gated too
+    text = compare.markdown_table(report.rows)
+    assert "| encoderkit compiled | " in text and "**" in text.splitlines()[3]  # ours: vs best
+    assert "whole-model `torch.compile` (eager)" in compare.header(report)
+
+
+def _timed(name: str, median_ms: float) -> compare.Row:
+    return compare.Row("s", "varlen", "infer", "encoder", name, [median_ms], 1, 1, 1.0)
+
+
+def test_speedups_compare_every_encoderkit_row_with_the_best_peer():
+    rows = measure.with_speedups(
+        [
+            _timed("encoderkit", 10.0),
+            _timed("encoderkit compiled", 5.0),
+            _timed("nn.TransformerEncoder", 20.0),
+            _timed("nn.TransformerEncoder compiled", 8.0),
+        ]
+    )
+    assert [r.speedup for r in rows] == [0.8, 1.6, 2.0, 0.8]  # peers: their median / eager ours
+    alone = measure.with_speedups([_timed("nn.TransformerEncoder", 20.0)])
+    assert math.isnan(alone[0].speedup)  # nothing of ours ran to compare with
 
 
 DEFAULT, REPEATS, QUICK = compare.DEFAULT_PLAN, compare.REPEATS, compare.QUICK_REPEATS

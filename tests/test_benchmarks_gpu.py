@@ -21,7 +21,7 @@ ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks import gpu, gpu_bench, gpu_compare, gpu_vit, peers, workloads  # noqa: E402
+from benchmarks import gpu, gpu_bench, gpu_compare, gpu_report, gpu_vit, peers, workloads  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 
@@ -79,16 +79,30 @@ def test_smoke_gates_and_rows(smoke):
     gates = compare["checks"]
     assert gates and all(c["passed"] for c in gates)
     rows = compare["rows"]
-    assert len(rows) == 2 * 2 * (2 + 3)  # modes x batches x (encoder + text-model contenders)
+    # batches x (inference: encoder 2 + text model 3 contenders; training: the encoder group's
+    # two with their compiled copies, 4, and the text model's 3): "--compile train", the default
+    assert len(rows) == 2 * (2 + 3) + 2 * (4 + 3)
     for r in rows:
         assert r["median_ms"] > 0 and r["per_s"] > 0 and r["mfu"] > 0
         assert math.isfinite(r["speedup"])
         assert (r["out_diff"] is None) == (r["contender"] == "encoderkit")
-    assert {t["what"].split(":")[0] for t in compare["info"]["targets"]} >= {
-        "tiny varlen train, text model",
+        compiled = r["contender"].endswith(" compiled")
+        assert (r["compile_s"] is not None and r["compile_s"] > 0) == compiled
+        assert not compiled or r["case"] in (
+            "tiny varlen train, encoder",
+            "tiny dense train, encoder",
+        )
+    assert len(compare["info"]["graph breaks"]) == 2 * 2  # per compiled contender and case
+    targets = {t["what"].split(":")[0]: t for t in compare["info"]["targets"]}
+    assert set(targets) == {
+        "tiny dense train, encoder (dropout 0.1)",
+        "tiny varlen train, encoder (dropout 0.1)",
         "tiny varlen infer, text model",
-        "tiny dense infer, encoder",
+        "tiny varlen infer, encoder",
     }
+    whats = [t["what"] for t in compare["info"]["targets"]]
+    assert any(w.endswith("vs nn.TransformerEncoder compiled") for w in whats)
+    assert {t["unit"] for t in targets.values()} == {"x", "%"}
     vit = _section(report, "vit")
     assert {r["case"].split()[-1] for r in vit["rows"]} == {"infer", "train"}
     attention = _section(report, "attention")
@@ -127,7 +141,7 @@ def test_a_failing_contender_is_reported_and_its_peers_timed(mode):
     b = gpu_bench.Bench(gpu_bench.SMOKE, torch.device("cpu"), dropout=0.1)
     section = gpu_bench.Section("compare")
     group = peers.encoder_group(gpu_bench.SMOKE.shape)
-    fresh = [peers.state_copy(c.model) for c in group.contenders]
+    fresh = {c.name: peers.state_copy(c.model) for c in group.contenders}
     batch = workloads.make_batches(4, 32, 8)[0]
 
     def broken(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -170,6 +184,42 @@ def test_sections_run_in_the_documented_order_and_out_defaults_to_env(monkeypatc
     monkeypatch.setenv("OUT", str(tmp_path))
     args = gpu.parse_args(["--sections", "attention, env"])
     assert args.sections == ["env", "attention"] and args.out == tmp_path
+    assert args.compile == "train" and gpu.parse_args(["--compile", "all"]).compile == "all"
+
+
+def _row(case: str, name: str, median_ms: float, mfu_peak: float | None = None) -> gpu_bench.Row:
+    peak = None if mfu_peak is None else 1.0
+    flops = (mfu_peak if mfu_peak is not None else 0.5) * median_ms / 1e3  # for that MFU
+    return gpu_bench.Row(case, name, [median_ms], 1, "tok", flops, 2.0, peak)
+
+
+def test_gpu_targets_judge_encoderkit_fastest_row_against_the_named_peer():
+    dense, varlen = "S dense train, encoder", "S varlen train, encoder"
+    infer = "S varlen infer, text model"
+    rows = [
+        _row(dense, "encoderkit", 10.0, mfu_peak=0.30),
+        _row(dense, "encoderkit compiled", 8.0, mfu_peak=0.46),
+        _row(dense, "nn.TransformerEncoder", 12.0),
+        _row(dense, "nn.TransformerEncoder compiled", 9.0),
+        _row(varlen, "encoderkit compiled", 8.0, mfu_peak=0.34),
+        _row(infer, "encoderkit", 5.0),
+        _row(infer, "HF BertModel sdpa", 11.0),
+        _row(infer, "HF BertModel eager", 12.0),
+    ]
+    found = {t["what"]: t for t in gpu_compare.targets(rows, "S", dropout=0.1)}
+    mfu = found[f"{dense} (dropout 0.1): encoderkit compiled MFU of 989 TFLOP/s"]
+    assert mfu["value"] == pytest.approx(0.46) and mfu["verdict"] == "met" and mfu["unit"] == "%"
+    vs_torch = found[
+        f"{dense} (dropout 0.1): encoderkit compiled vs nn.TransformerEncoder compiled"
+    ]
+    assert vs_torch["value"] == pytest.approx(9 / 8) and vs_torch["verdict"] == "missed"
+    real = found[f"{varlen} (dropout 0.1): encoderkit compiled MFU of 989 TFLOP/s"]
+    assert real["value"] == pytest.approx(0.34) and real["verdict"] == "missed"
+    best = found[f"{infer}: encoderkit vs the best peer (HF BertModel sdpa)"]
+    assert best["value"] == pytest.approx(11 / 5) and best["verdict"] == "met"
+    assert len(found) == 4  # no varlen inference rows at the encoder level here
+    assert gpu_report.format_target(mfu) == ("46.0%", ">= 45%")
+    assert gpu_report.format_target(vs_torch) == ("1.12x", ">= 1.25x")
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """encoderkit: the Transformer encoder, written like the paper, checked against the references."""
 
 from encoderkit import _moved
+from encoderkit.export import check_onnx, export_onnx, export_program
 from encoderkit.layers.attention import attention_weights, scaled_dot_product_attention
 from encoderkit.layers.block import EncoderBlock
 from encoderkit.layers.config import EncoderConfig
@@ -41,6 +42,9 @@ __all__ = [
     "VisionEncoder",
     "__version__",
     "attention_weights",
+    "check_onnx",
+    "export_onnx",
+    "export_program",
     "load_pretrained",
     "make_attention_mask",
     "pool_tokens",

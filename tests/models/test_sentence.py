@@ -8,8 +8,10 @@ import time
 
 import pytest
 import torch
+from tiny import WORD_TEXT, write_sentence_dir
 
-from encoderkit import PretrainedError, SentenceEncoder, TextConfig, TextEncoder, save_pretrained
+from encoderkit import PretrainedError, SentenceEncoder, TextEncoder
+from encoderkit.models.sentence import PRECISIONS
 
 tokenizers = pytest.importorskip("tokenizers", reason="SentenceEncoder tokenizes with tokenizers")
 
@@ -95,46 +97,11 @@ def test_bad_input(ours):
 
 # ---- a tiny sentence-transformers directory, for what the real files cannot show -------------
 
-WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "man", "plays", "guitar", "the", "market"]
-
-
-def write_tiny_model(directory):
-    """A 2-layer, 32-wide BERT with a word-level tokenizer, laid out as sentence-transformers
-    writes all-MiniLM-L6-v2 (max_positions 16)."""
-    from tokenizers import models, pre_tokenizers, processors
-
-    torch.manual_seed(0)
-    config = TextConfig(
-        d_model=32, n_heads=4, d_ff=48, n_layers=2, vocab_size=len(WORDS), max_positions=16,
-        dropout=0.0, attention_dropout=0.0,
-    )  # fmt: skip
-    save_pretrained(TextEncoder(config), directory)
-    tokenizer = tokenizers.Tokenizer(
-        models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]")
-    )
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    tokenizer.save(str(directory / "tokenizer.json"))
-    modules = [
-        {"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
-        for i, (path, kind) in enumerate(
-            [("", "Transformer"), ("1_Pooling", "Pooling"), ("2_Normalize", "Normalize")]
-        )
-    ]
-    (directory / "modules.json").write_text(json.dumps(modules))
-    (directory / "sentence_bert_config.json").write_text('{"max_seq_length": 12}')
-    (directory / "1_Pooling").mkdir()
-    pooling = {"word_embedding_dimension": 32, "pooling_mode_cls_token": False,
-               "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False}  # fmt: skip
-    (directory / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
-    return directory
-
 
 @pytest.fixture
 def tiny_dir(tmp_path):
-    return write_tiny_model(tmp_path / "tiny")
+    torch.manual_seed(0)
+    return write_sentence_dir(tmp_path / "tiny", TextEncoder(WORD_TEXT))
 
 
 def test_tiny_directory_loads(tiny_dir):
@@ -263,3 +230,91 @@ def test_constructor_checks_max_seq_length(tiny_dir):
         SentenceEncoder(model.model, model.tokenizer, max_seq_length=True)
     with pytest.raises(ValueError, match="max_seq_length must be at least 1, got 0"):
         SentenceEncoder(model.model, model.tokenizer, max_seq_length=0)
+
+
+# ---- precision and compile ---------------------------------------------------------------------
+
+TINY_TEXTS = ["a man plays guitar", "the market", "a", "guitar man the market plays a man"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_a_half_precision_model_encodes_float32_embeddings(tiny_dir, dtype):
+    # Regression: a bfloat16 model crashed with "Index put requires the source and destination
+    # dtypes match" (float32 output buffer, bfloat16 vectors)
+    model = SentenceEncoder.from_pretrained(tiny_dir)
+    expected = model.encode(TINY_TEXTS)
+    model.model.to(dtype)
+    out = model.encode(TINY_TEXTS)
+    assert out.dtype == torch.float32 and out.shape == (4, 32)
+    cosine = (out * expected).sum(dim=-1)  # unit vectors; bounds in tests/models/test_precision.py
+    assert cosine.min() >= 0.999
+    assert not torch.equal(out, expected)  # it did compute in half precision
+
+
+@pytest.mark.parametrize("precision", [None, "fp32", "bf16", "fp16"])
+def test_embeddings_are_float32_at_every_precision(tiny_dir, precision):
+    model = SentenceEncoder.from_pretrained(tiny_dir)
+    expected = model.encode(TINY_TEXTS, batch_size=3)
+    out = model.encode(TINY_TEXTS, batch_size=3, precision=precision)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(4), atol=1e-6, rtol=0)
+    if precision in (None, "fp32"):
+        assert torch.equal(out, expected)
+    else:
+        assert (out * expected).sum(dim=-1).min() >= 0.999
+    assert model.encode([], precision=precision).dtype == torch.float32
+
+
+def test_precision_fp32_overrides_an_outer_autocast_and_none_follows_it(tiny_dir):
+    model = SentenceEncoder.from_pretrained(tiny_dir)
+    fp32, bf16 = model.encode(TINY_TEXTS), model.encode(TINY_TEXTS, precision="bf16")
+    with torch.autocast("cpu", torch.bfloat16):
+        assert torch.equal(model.encode(TINY_TEXTS, precision="fp32"), fp32)
+        assert torch.equal(model.encode(TINY_TEXTS), bf16)
+
+
+def test_precision_is_checked_before_any_work(tiny_dir, monkeypatch):
+    model = SentenceEncoder.from_pretrained(tiny_dir)
+
+    def no_tokenizing(texts):
+        raise AssertionError("tokenized before the precision was checked")
+
+    monkeypatch.setattr(model, "token_ids", no_tokenizing)
+    with pytest.raises(ValueError, match=r"precision must be one of \['bf16', 'fp16', 'fp32'\], "
+                       r"got 'int8'"):  # fmt: skip
+        model.encode(TINY_TEXTS, precision="int8")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"precision must be one of .* got torch.bfloat16"):
+        model.encode(TINY_TEXTS, precision=torch.bfloat16)  # type: ignore[arg-type]
+    model.model.to(torch.bfloat16)
+    for precision in ("fp32", "fp16"):
+        with pytest.raises(ValueError) as info:
+            model.encode(TINY_TEXTS, precision=precision)  # type: ignore[arg-type]
+        assert str(info.value) == (
+            f"precision={precision!r} needs float32 weights (or "
+            f"{PRECISIONS[precision]} ones), but this model's are torch.bfloat16; "
+            f"pass precision=None to compute in the model's own dtype, or convert it back "
+            f"with encoder.model.float()"
+        )
+
+
+def test_compile_switch_is_checked_and_keeps_one_copy_of_the_weights(tiny_dir):
+    eager = SentenceEncoder.from_pretrained(tiny_dir)
+    compiled = SentenceEncoder.from_pretrained(tiny_dir, compile=True)  # compiles on first use
+    assert compiled.compiled and not eager.compiled
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
+    with pytest.raises(TypeError, match="compile must be a bool, got 'yes'"):
+        SentenceEncoder(eager.model, eager.tokenizer, 12, compile="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_compiled_encoder_equals_eager(tiny_dir):
+    eager = SentenceEncoder.from_pretrained(tiny_dir)
+    compiled = SentenceEncoder(eager.model, eager.tokenizer, eager.max_seq_length, compile=True)
+    texts = [*TINY_TEXTS, "plays", "the man plays the guitar a market"]
+    # batch sizes 4 and 3: new batch and sequence sizes, which the dynamic graph must take
+    for batch_size in (4, 3):
+        out = compiled.encode(texts, batch_size=batch_size)
+        torch.testing.assert_close(out, eager.encode(texts), atol=1e-5, rtol=0)
+    out = compiled.encode(texts, precision="bf16")
+    assert out.dtype == torch.float32
+    assert (out * eager.encode(texts, precision="bf16")).sum(dim=-1).min() >= 0.9999

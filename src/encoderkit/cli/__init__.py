@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from encoderkit.cli import attention, bench, embed, tour, train
+from encoderkit.cli import attention, bench, embed, export, tour, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="encoderkit", description="The Transformer encoder: train, embed, look inside."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for command in (tour, embed, train, attention, bench):
+    for command in (tour, embed, train, attention, bench, export):
         command.add_parsers(commands)
     return parser
 
@@ -39,7 +39,7 @@ def dispatch(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     for flag in ("out", "html"):
         path = getattr(args, flag, None)
-        if args.command != "train" and path is not None and Path(path).is_dir():
+        if args.command not in ("train", "export") and path is not None and Path(path).is_dir():
             raise SystemExit(
                 f"encoderkit {args.command}: --{flag} must name a file to write, got the "
                 f"directory {path}"

@@ -46,6 +46,15 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     plot.set_defaults(run=run_plot)
 
 
+# What a flag does, where its name alone does not say it.
+HELP = {
+    "compile": (
+        "torch.compile the model's forward: the first steps are slower while it compiles; on "
+        "the CPU it needs a C++ compiler"
+    ),
+}
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field; unset flags stay out of the namespace (SUPPRESS), so the
     TOML file and the saved run config give their values."""
@@ -58,7 +67,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         kwargs: dict[str, Any] = {
             "dest": f.name,
             "default": argparse.SUPPRESS,
-            "help": f"default: {f.default!r}",
+            "help": (HELP[f.name] + "; " if f.name in HELP else "") + f"default: {f.default!r}",
         }
         if hint is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)

@@ -23,8 +23,10 @@ from torch.library import custom_op
 def real_token_index(real: torch.Tensor) -> torch.Tensor:
     """(B, T) bool -> (N,) int64: where the real tokens sit in the flattened (B * T) batch.
 
-    An operator of its own because N depends on the mask's values: compiled and exported graphs
-    carry it as a size known only when the graph runs, with no graph break.
+    An operator of its own because N depends on the mask's values: exported graphs and graphs
+    compiled with ``fullgraph=True`` carry it as a size known only when the graph runs. A plain
+    ``torch.compile(model)`` breaks the graph here unless dynamo's
+    ``capture_dynamic_output_shape_ops`` is set.
     """
     return real.flatten().nonzero().squeeze(1)  # (B * T,) -> (N,)
 

@@ -48,6 +48,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     clip_grad_norm: float | None = 1.0
     bf16: bool = True  # autocast on CUDA; the CPU always trains in fp32
+    compile: bool = False  # torch.compile the model's forward for training and evaluation
     on_nonfinite: Literal["abort", "skip"] = "abort"
     # evaluation and checkpoints
     eval_every: int = 200
@@ -146,4 +147,5 @@ RESUMABLE_CHANGES = {
     "on_nonfinite",
     "device",
     "progress",
+    "compile",  # the same maths, only rounded differently (about 1e-6 relative in fp32)
 }

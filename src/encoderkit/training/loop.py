@@ -8,6 +8,9 @@ non-finite loss or gradient norm stops the step before the optimizer touches the
 Under ``torchrun`` the same code trains with DistributedDataParallel (NCCL on GPUs, gloo on CPUs):
 each rank takes its shard of every global batch from a ``DistributedSampler``, and rank 0 alone
 writes checkpoints and logs.
+
+``--compile`` runs the model's forward (training and evaluation) under ``torch.compile``; the
+loss, the optimizer and the checkpoints stay as they are (see :func:`compiled`).
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
 
 def train_on(ranks: Ranks, cfg: TrainConfig, *, resume: bool) -> dict[str, Any]:
     """:func:`train` on the ranks and device already set up."""
+    check_compiler(cfg, ranks.device)
     run = Path(cfg.out)
     resume_from: Path | None = None  # the checkpoint to resume from
     stale = False  # a run of ours that never saved a checkpoint: start it again
@@ -114,7 +118,11 @@ def train_on(ranks: Ranks, cfg: TrainConfig, *, resume: bool) -> dict[str, Any]:
             start_run(run, cfg, task, stale)
     if ranks.world > 1:
         dist.barrier()
-    net: nn.Module = nn.parallel.DistributedDataParallel(model) if ranks.world > 1 else model
+    # The loop calls `forward` (evaluation) and `net` (training); checkpoints save `model`, the
+    # plain module, whatever runs it. DDP wraps the compiled module, not the other way round:
+    # dynamo cannot trace DDP's forward in one graph.
+    forward = compiled(model, cfg)
+    net = nn.parallel.DistributedDataParallel(forward) if ranks.world > 1 else forward
     n_train = len(task.train[-1])
     steps_per_epoch = n_train // cfg.batch_size
     if steps_per_epoch == 0:
@@ -152,7 +160,7 @@ def train_on(ranks: Ranks, cfg: TrainConfig, *, resume: bool) -> dict[str, Any]:
                 stop.reason = stop.reason or stop.poll(ranks)
                 at_end = progress.step == total
                 if progress.step % cfg.eval_every == 0 or at_end:
-                    improved = evaluate_and_track(model, task, cfg, ranks, progress, logger)
+                    improved = evaluate_and_track(forward, task, cfg, ranks, progress, logger)
                     if cfg.patience and progress.evals_since_best >= cfg.patience:
                         stop.reason = f"no improvement in {cfg.patience} evaluations"
                     if improved:
@@ -189,6 +197,59 @@ def train_on(ranks: Ranks, cfg: TrainConfig, *, resume: bool) -> dict[str, Any]:
             with writing(run, "curves.png"):
                 plot_run(run)
     return results
+
+
+def compiled(module: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """``module`` itself, or with ``cfg.compile`` the same module under ``torch.compile``.
+
+    The compiled wrapper shares the module's parameters and is only called: the loop saves the
+    plain module's ``state_dict`` (no ``_orig_mod.`` prefix), so a compiled run's checkpoints
+    load and resume in an eager run, and an eager run's in a compiled one.
+
+    One graph per forward (``fullgraph=True``): that is also what lets padding-free packing's
+    data-dependent token count into the graph, which would otherwise break it in two. Shapes are
+    dynamic from the first call: every batch is cut to its own longest sequence (and, packed,
+    has its own number of real tokens); static shapes would compile again for each new length
+    until dynamo's recompile limit, then silently run eager. Training and evaluation (eval mode,
+    no gradients) are two graphs, each compiled on its first call.
+    """
+    if not cfg.compile:
+        return module
+    log.info(
+        "compiling the model's forward with torch.compile: the first training step and the "
+        "first evaluation are slower"
+    )
+    return typing.cast(nn.Module, torch.compile(module, fullgraph=True, dynamic=True))
+
+
+def check_compiler(cfg: TrainConfig, device: torch.device) -> None:
+    """``--compile`` generates C++ on the CPU and Triton on GPUs: say so before any work, not
+    at the first step with a compiler's traceback."""
+    if not cfg.compile:
+        return
+    if device.type == "cpu":
+        try:
+            from torch._inductor.cpp_builder import get_cpp_compiler
+        except ImportError:  # moved in another torch: the first step reports it instead
+            return
+        try:
+            get_cpp_compiler()
+        except (RuntimeError, OSError) as e:  # InvalidCxxCompiler is a RuntimeError
+            raise ValueError(
+                "--compile on the CPU needs a C++ compiler (g++ or clang++ on the PATH, or CXX "
+                f"naming one), found none ({type(e).__name__}); install one or train without "
+                "--compile"
+            ) from e
+    elif device.type == "cuda":
+        try:
+            from torch.utils._triton import has_triton
+        except ImportError:  # moved in another torch: the first step reports it instead
+            return
+        if not has_triton():
+            raise ValueError(
+                "--compile on a GPU needs Triton (pip install triton), found none; install it "
+                "or train without --compile"
+            )
 
 
 def train_step(
@@ -257,7 +318,10 @@ def batch(
     rows = [t[indices] for t in tensors]
     if len(rows) == 3 and rows[1].dtype == torch.bool:
         longest = max(1, int(rows[1].sum(dim=1).max()))
-        rows[:2] = [t[:, :longest] for t in rows[:2]]  # (B, T) -> (B, longest)
+        # (B, T) -> (B, longest), copied: a compiled forward guards on its inputs' strides and
+        # on whether they are views, so a column slice (row stride T, or a view when longest is
+        # T) would make some lengths compile again
+        rows[:2] = [t[:, :longest].clone(memory_format=torch.contiguous_format) for t in rows[:2]]
     rows = [t.to(device, non_blocking=True) for t in rows]
     return rows[:-1], rows[-1]
 
