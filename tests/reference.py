@@ -103,3 +103,49 @@ def assert_padding_never_read(module, x, real, pattern=None):
         for a, b in zip(dp, base_dp, strict=True):
             assert torch.isfinite(a).all() and torch.equal(a, b), fill
     return base_out
+
+
+def reference_rotary(x, positions, base):
+    """RoPE pair by pair in float64: dimensions (i, i + K/2) of x (..., s, K) at position m
+    rotated by m * base^(-2i / K) (the rotate-half pairing of GPT-NeoX and ModernBERT)."""
+    x = x.double()
+    out = x.clone()
+    half = x.shape[-1] // 2
+    for t, m in enumerate(positions):
+        for i in range(half):
+            angle = float(m) * base ** (-2 * i / x.shape[-1])
+            c, s = math.cos(angle), math.sin(angle)
+            a, b = x[..., t, i], x[..., t, i + half]
+            out[..., t, i], out[..., t, i + half] = a * c - b * s, a * s + b * c
+    return out
+
+
+def reference_alibi_slopes(n_heads):
+    """Press et al.'s slopes as their reference code computes them."""
+
+    def power_of_2(n):
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+
+    if math.log2(n_heads).is_integer():
+        return power_of_2(n_heads)
+    closest = 2 ** math.floor(math.log2(n_heads))
+    return power_of_2(closest) + reference_alibi_slopes(2 * closest)[0::2][: n_heads - closest]
+
+
+def reference_sequence_attention(q, k, v, window=None, slopes=None, rope_base=None):
+    """Attention over one sequence q, k, v (H, s, K) in float64 at positions 0 .. s - 1:
+    rotary positions, ALiBi's -slope_h * |i - j| and a band |i - j| <= window // 2, all
+    written out one query and key at a time."""
+    H, s, _ = q.shape
+    if rope_base is not None:
+        q, k = reference_rotary(q, range(s), rope_base), reference_rotary(k, range(s), rope_base)
+    q, k, v = q.double(), k.double(), v.double()
+    mask = torch.zeros(H, s, s, dtype=torch.float64)
+    for i in range(s):
+        for j in range(s):
+            if window is not None and abs(i - j) > window // 2:
+                mask[:, i, j] = float("-inf")
+            elif slopes is not None:
+                mask[:, i, j] = -torch.tensor(slopes, dtype=torch.float64) * abs(i - j)
+    return reference_attention(q[None], k[None], v[None], mask[None])[0][0]

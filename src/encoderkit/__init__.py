@@ -12,7 +12,13 @@ from encoderkit.layers.masks import make_attention_mask
 from encoderkit.layers.positions import SinusoidalPositionalEncoding
 from encoderkit.layers.self_attention import MultiHeadSelfAttention, record_attention
 from encoderkit.models.config import TextConfig, VisionConfig
-from encoderkit.models.heads import ImageClassifier, SequenceClassifier
+from encoderkit.models.heads import (
+    HeadConfig,
+    ImageClassifier,
+    MaskedLM,
+    SequenceClassifier,
+    TokenClassifier,
+)
 from encoderkit.models.pooling import pool_tokens
 from encoderkit.models.pretrained import PretrainedError, load_pretrained, save_pretrained
 from encoderkit.models.sentence import SentenceEncoder
@@ -28,7 +34,9 @@ __all__ = [
     "EncoderBlock",
     "EncoderConfig",
     "FeedForward",
+    "HeadConfig",
     "ImageClassifier",
+    "MaskedLM",
     "MultiHeadSelfAttention",
     "PatchEmbedding",
     "PretrainedError",
@@ -37,6 +45,7 @@ __all__ = [
     "SinusoidalPositionalEncoding",
     "TextConfig",
     "TextEncoder",
+    "TokenClassifier",
     "TokenEmbedding",
     "VisionConfig",
     "VisionEncoder",

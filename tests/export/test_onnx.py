@@ -13,7 +13,7 @@ from tiny import TEXT, VISION, WORD_TEXT, perturb, word_tokenizer
 
 from encoderkit import Encoder, EncoderConfig, SentenceEncoder
 from encoderkit.export import check_onnx, example_inputs, export_onnx, graph_interface, run_onnx
-from encoderkit.models.heads import ImageClassifier, SequenceClassifier
+from encoderkit.models.heads import ImageClassifier, MaskedLM, SequenceClassifier, TokenClassifier
 from encoderkit.models.text import TextEncoder
 from encoderkit.models.vision import VisionEncoder
 
@@ -61,6 +61,19 @@ def test_text_graph_equals_eager_on_other_shapes(text, batch, length, padded):
     assert worst(check_onnx(model, path, inputs)) <= ORT_ATOL
 
 
+@pytest.mark.parametrize("positions", ["rotary", "alibi"])
+def test_positions_inside_attention_and_local_layers_export(tmp_path, positions):
+    # ModernBERT's layout: layer 0 global, layers 1 and 2 within a 4-token window; no length cap
+    config = dataclasses.replace(
+        TEXT, n_layers=3, norm_first=True, position_encoding=positions, window=4, global_every=3
+    )
+    model = perturb(TextEncoder(config))
+    path = export_onnx(model, tmp_path / "model.onnx")
+    for batch, length in [(1, 1), (3, 11), (2, 40)]:  # 40 > max_positions: rotary / ALiBi run on
+        inputs = example_inputs(model, batch, length, seed=batch)
+        assert worst(check_onnx(model, path, inputs)) <= ORT_ATOL
+
+
 @pytest.mark.parametrize(("batch", "length"), SHAPES)
 def test_sentence_graph_equals_eager_on_other_shapes(sentence, batch, length):
     model, path = sentence
@@ -91,12 +104,15 @@ def test_vision_graph_equals_eager_on_other_batch_sizes(vision, batch):
     assert worst(check_onnx(model, path, inputs)) <= ORT_ATOL
 
 
-@pytest.mark.parametrize("kind", ["text", "image"])
-def test_classifiers_export_their_logits(tmp_path, kind):
-    if kind == "text":
-        model = perturb(SequenceClassifier(TEXT, num_classes=3, pooling="mean"))
-    else:
-        model = perturb(ImageClassifier(VISION, num_classes=3))
+@pytest.mark.parametrize("kind", ["sequence", "token", "masked-lm", "image"])
+def test_task_models_export_their_logits(tmp_path, kind):
+    build = {
+        "sequence": lambda: SequenceClassifier(TEXT, num_classes=3, pooling="mean"),
+        "token": lambda: TokenClassifier(TEXT, num_classes=5),
+        "masked-lm": lambda: MaskedLM(TEXT),
+        "image": lambda: ImageClassifier(VISION, num_classes=3),
+    }
+    model = perturb(build[kind]())
     path = export_onnx(model, tmp_path / "model.onnx")
     differences = check_onnx(model, path, example_inputs(model, 3, seed=3))
     assert list(differences) == ["logits"]
@@ -175,8 +191,9 @@ def test_export_leaves_the_model_as_it_was_and_writes_atomically(tmp_path, dtype
 def test_unsupported_models_and_arguments_are_refused(tmp_path, text):
     model, path = text
     encoder = Encoder(EncoderConfig.tiny())
-    with pytest.raises(TypeError, match="expected a TextEncoder, SentenceEncoder, VisionEncoder, "
-                       "SequenceClassifier or ImageClassifier to export, got Encoder"):  # fmt: skip
+    with pytest.raises(TypeError, match="expected a TextEncoder, SequenceClassifier, "
+                       "TokenClassifier, MaskedLM, SentenceEncoder, VisionEncoder or "
+                       "ImageClassifier to export, got Encoder"):  # fmt: skip
         export_onnx(encoder, tmp_path / "model.onnx")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"opset must be an int in \[18, \d+\].*got 17"):
         export_onnx(model, tmp_path / "model.onnx", opset=17)

@@ -43,13 +43,16 @@ def test_equals_torch_layer_in_train_mode(norm_first, activation, padded):
     x, real = inputs()
     theirs.train(), ours.train()  # dropout 0: the slow path, which is deterministic
     kpm = ~real if padded else None
-    # ours reads padded positions as 0, so torch gets the zeros: every row is then compared
+    # ours reads padded positions as 0, so torch gets the zeros. Attention reads its padded
+    # queries as 0 too, where torch's pre-norm block gives them norm1(0): padded rows differ
+    # there, and the real rows are compared.
     zeroed = x.masked_fill(~real[..., None], 0.0) if padded else x
     expected = theirs(zeroed, src_key_padding_mask=kpm)
     out = ours(x, real if padded else None)
-    torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
-    expected.pow(2).sum().backward()
-    out.pow(2).sum().backward()
+    rows = real if padded else torch.ones_like(real)
+    torch.testing.assert_close(out[rows], expected[rows], atol=ATOL, rtol=0)
+    expected[rows].pow(2).sum().backward()
+    out[rows].pow(2).sum().backward()
     torch.testing.assert_close(
         ours.attn.qkv.weight.grad, theirs.self_attn.in_proj_weight.grad, atol=ATOL, rtol=0
     )
@@ -209,3 +212,25 @@ def test_autocast_bf16_on_cpu_takes_a_bf16_input_to_an_fp32_block():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = block(x.bfloat16(), real)
     torch.testing.assert_close(out.float(), expected, atol=5e-2, rtol=5e-2)
+
+
+def test_without_attention_norm_attention_reads_the_residual_stream():
+    """ModernBERT's first layer: x + attn(x), then x + ff(norm2(x)); no norm1 parameters."""
+    torch.manual_seed(0)
+    block = EncoderBlock(D, H, FF, 0.0, norm_first=True, attention_dropout=0.0,
+                         attention_norm=False)  # fmt: skip
+    assert isinstance(block.norm1, nn.Identity)
+    assert not any(name.startswith("norm1") for name in block.state_dict())
+    x, real = inputs()
+    x = x.masked_fill(~real[..., None], 0.0)
+    h = x + block.attn(x, attn_mask=real[:, None, None, :])
+    torch.testing.assert_close(block(x, real), h + block.ff(block.norm2(h)), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="attention_norm=False .* needs norm_first=True"):
+        EncoderBlock(D, H, FF, attention_norm=False)
+
+
+def test_qkv_bias_false_drops_only_the_qkv_bias():
+    block = EncoderBlock(D, H, FF, qkv_bias=False)
+    assert block.attn.qkv.bias is None and block.attn.proj.bias is not None
+    assert block.ff.fc1.bias is not None and block.norm1.bias is not None
+    assert EncoderBlock(D, H, FF, bias=False, qkv_bias=True).attn.qkv.bias is None

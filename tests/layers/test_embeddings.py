@@ -130,6 +130,52 @@ def test_token_embedding_refuses_ids_that_embedding_tables_cannot_index(dtype):
         ours(token_ids().to(dtype))
 
 
+def test_learned_positions_with_an_offset_equal_roberta_embeddings():
+    """RoBERTa's token t reads position row pad_token_id + 1 + t; the table keeps its
+    max_positions rows, so max_positions - offset tokens fit."""
+    modeling_roberta = pytest.importorskip("transformers.models.roberta.modeling_roberta")
+    from transformers import RobertaConfig
+
+    pad = 1
+    config = RobertaConfig(
+        vocab_size=V, hidden_size=D, max_position_embeddings=T_MAX, type_vocab_size=1,
+        pad_token_id=pad, layer_norm_eps=1e-5,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    theirs = modeling_roberta.RobertaEmbeddings(config)
+    perturb(theirs)
+    ours = TokenEmbedding(V, D, T_MAX, 1, "learned", 1e-5, 0.1, pad, position_offset=pad + 1)
+    ours.load_state_dict({
+        "tokens.weight": theirs.word_embeddings.weight,
+        "positions.weight": theirs.position_embeddings.weight,
+        "segments.weight": theirs.token_type_embeddings.weight,
+        "norm.weight": theirs.LayerNorm.weight,
+        "norm.bias": theirs.LayerNorm.bias,
+    })  # fmt: skip
+    ours.eval(), theirs.eval()
+    fits = T_MAX - pad - 1
+    ids = torch.randint(pad + 1, V, (3, fits))  # no padding token: HF's positions are 2 .. 15
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), theirs(input_ids=ids), atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match=f"{fits + 1} tokens, more than the model's max_positions "
+                       f"{T_MAX} less its position_offset 2; truncate"):  # fmt: skip
+        ours(torch.randint(pad + 1, V, (1, fits + 1)))
+
+
+@pytest.mark.parametrize("position_encoding", ["rotary", "alibi", "none"])
+def test_positions_inside_attention_add_no_table_and_take_any_length(position_encoding):
+    torch.manual_seed(0)
+    ours = TokenEmbedding(V, D, T_MAX, position_encoding=position_encoding).eval()
+    perturb(ours)
+    assert ours.positions is None
+    assert set(ours.state_dict()) == {"tokens.weight", "segments.weight", "norm.weight",
+                                      "norm.bias"}  # fmt: skip
+    ids = token_ids(seq_len=3 * T_MAX)  # past max_positions: advisory only
+    x = ours.tokens.weight[ids] + ours.segments.weight[0]
+    expected = F.layer_norm(x, (D,), ours.norm.weight, ours.norm.bias, eps=1e-12)
+    torch.testing.assert_close(ours(ids), expected, atol=ATOL, rtol=0)
+
+
 def test_sinusoidal_token_embedding_is_layer_norm_of_tokens_segment0_and_pe():
     torch.manual_seed(0)
     ours = TokenEmbedding(V, D, T_MAX, position_encoding="sinusoidal", dropout=0.1).eval()
@@ -261,8 +307,14 @@ def test_token_embedding_bad_construction_and_missing_segments():
     ids = torch.ones(2, 3, dtype=torch.long)
     with pytest.raises(ValueError, match="token_type_ids given, but this model has no segment"):
         no_segments(ids, torch.zeros_like(ids))
-    with pytest.raises(ValueError, match="'learned' or 'sinusoidal', got 'rotary'"):
-        TokenEmbedding(V, D, T_MAX, position_encoding="rotary")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"position_encoding must be one of .*, got 'rope'"):
+        TokenEmbedding(V, D, T_MAX, position_encoding="rope")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"position_offset must lie in \[0, max_positions=16\)"):
+        TokenEmbedding(V, D, T_MAX, position_offset=T_MAX)
+    with pytest.raises(ValueError, match="'rotary' has none, so it must be 0, got 2"):
+        TokenEmbedding(V, D, T_MAX, position_encoding="rotary", position_offset=2)
+    with pytest.raises(TypeError, match="position_offset must be an int, got True"):
+        TokenEmbedding(V, D, T_MAX, position_offset=True)
     with pytest.raises(ValueError, match="vocab_size must be a positive int, got 0"):
         TokenEmbedding(0, D, T_MAX)
     with pytest.raises(ValueError, match="max_positions must be a positive int, got 0"):

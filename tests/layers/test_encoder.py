@@ -296,3 +296,13 @@ def test_autocast_bf16_on_cpu_takes_a_bf16_input_to_an_fp32_model(padding_free):
         out = model(x.bfloat16(), real)
     for result in (out, out_fp32_input):
         torch.testing.assert_close(result.float(), expected, atol=5e-2, rtol=5e-2)
+
+
+def test_qkv_bias_and_first_attention_norm_shape_the_state_dict():
+    model = tiny(norm_first=True, qkv_bias=False, first_attention_norm=False)
+    keys = set(model.state_dict())
+    assert not any(k.endswith("attn.qkv.bias") for k in keys)
+    assert {"blocks.0.attn.proj.bias", "blocks.1.norm1.weight", "blocks.1.norm1.bias"} <= keys
+    assert not any(k.startswith("blocks.0.norm1.") for k in keys)
+    with pytest.raises(ValueError, match="first_attention_norm=False .* needs norm_first=True"):
+        tiny(first_attention_norm=False)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
 
 import pytest
 import torch
-from tiny import WORD_TEXT, write_sentence_dir
+from tiny import WORD_TEXT, WORDS, word_tokenizer, write_sentence_dir
 
 from encoderkit import PretrainedError, SentenceEncoder, TextEncoder
 from encoderkit.models.sentence import PRECISIONS
@@ -91,7 +92,7 @@ def test_bad_input(ours):
         ours.encode([1, 2])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
         ours.encode(["a"], batch_size=0)
-    with pytest.raises(ValueError, match="max_seq_length must be at most"):
+    with pytest.raises(ValueError, match="max_seq_length must be at most the 512 tokens"):
         SentenceEncoder(ours.model, ours.tokenizer, max_seq_length=1000)
 
 
@@ -173,8 +174,8 @@ def test_max_seq_length_must_be_an_int_the_model_can_read(tiny_dir, value):
         SentenceEncoder.from_pretrained(tiny_dir)
     expected = json.loads(value)
     assert str(info.value) == (
-        f"{path}: max_seq_length must be an int in [1, 16] (the model's max_positions), "
-        f"got {expected!r}"
+        f"{path}: max_seq_length must be an int in [1, 16] (the tokens the model's positions "
+        f"cover), got {expected!r}"
     )
 
 
@@ -189,23 +190,49 @@ def test_max_seq_length_null_or_absent_means_max_positions(tiny_dir):
 @pytest.mark.parametrize(
     ("pooling", "asked"),
     [
-        ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False},
-         "pooling_mode_cls_token"),
-        ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": True},
-         "pooling_mode_cls_token"),
-        ({"pooling_mode_mean_tokens": False}, "pooling_mode_mean_tokens false"),
-        ({"pooling_mode": "cls"}, "pooling_mode='cls'"),
+        ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": True}, "['cls', 'mean']"),
+        ({"pooling_mode_mean_tokens": False}, "[]"),
+        ({"pooling_mode_max_tokens": True}, "['max']"),
+        ({"pooling_mode": "max"}, "'max'"),
+        ({"pooling_mode": ["mean", "cls"]}, "['mean', 'cls']"),
     ],
 )  # fmt: skip
-def test_pooling_other_than_mean_is_refused_clearly(tiny_dir, pooling, asked):
+def test_pooling_other_than_one_of_mean_and_cls_is_refused_clearly(tiny_dir, pooling, asked):
     path = tiny_dir / "1_Pooling" / "config.json"
     path.write_text(json.dumps(pooling))
     with pytest.raises(PretrainedError) as info:
         SentenceEncoder.from_pretrained(tiny_dir)
     assert str(info.value) == (
-        f"{path}: SentenceEncoder supports only mean pooling (pooling_mode_mean_tokens true, "
-        f"every other pooling_mode_* false); this model asks {asked}"
+        f"{path}: SentenceEncoder pools with exactly one of mean and cls (pooling_mode, or "
+        f"pooling_mode_mean_tokens / pooling_mode_cls_token); this model asks {asked}"
     )
+
+
+@pytest.mark.parametrize(
+    "pooling",
+    [{"embedding_dimension": 32, "pooling_mode": "cls"},
+     {"embedding_dimension": 32, "pooling_mode": ["cls"]},
+     {"word_embedding_dimension": 32, "pooling_mode_cls_token": True}],
+    ids=["name", "list", "flags"],
+)  # fmt: skip
+def test_cls_pooling_equals_sentence_transformers(tiny_dir, pooling):
+    st = pytest.importorskip("sentence_transformers", reason="the reference implementation")
+    (tiny_dir / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    (tiny_dir / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "[PAD]", "unk_token": "[UNK]",
+         "cls_token": "[CLS]", "sep_token": "[SEP]", "model_max_length": 12}
+    ))  # fmt: skip
+    texts = ["a man plays guitar", "the market", "the man plays the guitar a man plays"]
+    ours = SentenceEncoder.from_pretrained(tiny_dir)
+    with warnings.catch_warnings():
+        # sentence-transformers 6 reads the older pooling_mode_* flags with a FutureWarning
+        warnings.filterwarnings("ignore", "The `pooling_mode_cls_token`", FutureWarning)
+        reference = st.SentenceTransformer(str(tiny_dir), device="cpu")
+    expected = reference.encode(texts, convert_to_tensor=True)
+    assert ours.pooling == "cls"
+    assert (ours.encode(texts) - expected).abs().max() <= 1e-6
+    mean = SentenceEncoder(ours.model, ours.tokenizer, 12, pooling="mean").encode(texts)
+    assert (mean - expected).abs().max() > 1e-2  # the pooling matters on these texts
 
 
 def test_pooling_config_without_modes_is_mean_as_in_sentence_transformers(tiny_dir):
@@ -318,3 +345,38 @@ def test_compiled_encoder_equals_eager(tiny_dir):
     out = compiled.encode(texts, precision="bf16")
     assert out.dtype == torch.float32
     assert (out * eager.encode(texts, precision="bf16")).sum(dim=-1).min() >= 0.9999
+
+
+def test_a_roberta_sentence_model_equals_sentence_transformers(tmp_path):
+    """Another family underneath: RoBERTa's positions start after its padding index."""
+    st = pytest.importorskip("sentence_transformers", reason="the reference implementation")
+    transformers = pytest.importorskip("transformers", reason="builds the RoBERTa checkpoint")
+    torch.manual_seed(0)
+    config = transformers.RobertaConfig(
+        vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=48, max_position_embeddings=20, pad_token_id=0, bos_token_id=2,
+        eos_token_id=3, type_vocab_size=1,
+    )  # fmt: skip
+    transformers.RobertaModel(config, add_pooling_layer=False).save_pretrained(tmp_path)
+    word_tokenizer().save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "[PAD]", "unk_token": "[UNK]",
+         "cls_token": "[CLS]", "sep_token": "[SEP]", "model_max_length": 12}
+    ))  # fmt: skip
+    modules = [
+        {"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
+        for i, (path, kind) in enumerate([("", "Transformer"), ("1_Pooling", "Pooling")])
+    ]
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    (tmp_path / "sentence_bert_config.json").write_text('{"max_seq_length": 12}')
+    (tmp_path / "1_Pooling").mkdir()
+    pooling = {"embedding_dimension": 32, "pooling_mode": "mean"}
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    texts = ["a man plays guitar", "the market", "the man plays the guitar a man plays"]
+    ours = SentenceEncoder.from_pretrained(tmp_path)
+    expected = st.SentenceTransformer(str(tmp_path), device="cpu").encode(
+        texts, convert_to_tensor=True
+    )
+    assert ours.model.config.position_offset == 1 and not ours.normalize  # no Normalize module
+    assert ours.max_seq_length == 12
+    assert (ours.encode(texts) - expected).abs().max() <= 1e-6

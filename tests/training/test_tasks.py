@@ -136,8 +136,8 @@ def test_text_task_from_minilm_copies_its_weights_exactly(reviews, monkeypatch):
 
     loaded = []  # what load_pretrained returned, and its weights before build_task went on
 
-    def recording(path):
-        model = load_pretrained(path)
+    def recording(path, **kwargs):
+        model = load_pretrained(path, **kwargs)
         loaded.append((path, model, {k: v.clone() for k, v in model.state_dict().items()}))
         return model
 

@@ -24,14 +24,23 @@ from torch import nn
 from torch.export import Dim, ExportedProgram
 
 from encoderkit.models.config import TextConfig
-from encoderkit.models.heads import ImageClassifier, SequenceClassifier
-from encoderkit.models.sentence import SentenceEncoder
+from encoderkit.models.heads import ImageClassifier, MaskedLM, SequenceClassifier, TokenClassifier
+from encoderkit.models.sentence import SentenceEncoder, longest_input
 from encoderkit.models.text import TextEncoder
 from encoderkit.models.vision import VisionEncoder
 from encoderkit.utils.files import atomic_write
 
-Exportable = TextEncoder | SentenceEncoder | VisionEncoder | SequenceClassifier | ImageClassifier
-EXPORTABLE = (TextEncoder, SentenceEncoder, VisionEncoder, SequenceClassifier, ImageClassifier)
+TextModel = TextEncoder | SequenceClassifier | TokenClassifier | MaskedLM
+Exportable = TextModel | SentenceEncoder | VisionEncoder | ImageClassifier
+EXPORTABLE = (
+    TextEncoder,
+    SequenceClassifier,
+    TokenClassifier,
+    MaskedLM,
+    SentenceEncoder,
+    VisionEncoder,
+    ImageClassifier,
+)
 
 # The example batch the graphs are traced with: neither axis may be 0 or 1, which torch.export
 # would specialise the graph to.
@@ -66,8 +75,9 @@ def graph_interface(model: Exportable) -> GraphInterface:
     text = model.model if isinstance(model, SentenceEncoder) else _text_encoder(model)
     config: TextConfig = text.config
     axes: dict[int, Dim] = {0: batch}
-    if config.max_positions > 1:  # a length capped at 1 cannot be dynamic: it is 1
-        axes[1] = Dim("sequence", min=1, max=config.max_positions)
+    longest = longest_input(config)  # None: rotary / ALiBi positions, any length
+    if longest is None or longest > 1:  # a length capped at 1 cannot be dynamic: it is 1
+        axes[1] = Dim("sequence", min=1, max=longest)
     names: tuple[str, ...] = ("input_ids", "attention_mask")
     if isinstance(model, SentenceEncoder):
         outputs = ("last_hidden_state", "sentence_embedding")
@@ -102,10 +112,12 @@ def example_inputs(
         return {"pixel_values": torch.randn(shape, generator=generator)}
     text = model.model if isinstance(model, SentenceEncoder) else _text_encoder(model)
     tc: TextConfig = text.config
-    T = min(EXAMPLE_SEQ_LEN, tc.max_positions) if seq_len is None else seq_len
-    if isinstance(T, bool) or not isinstance(T, int) or not 1 <= T <= tc.max_positions:
+    limit = longest_input(tc)  # None: rotary / ALiBi positions, any length
+    T = min(EXAMPLE_SEQ_LEN, limit or EXAMPLE_SEQ_LEN) if seq_len is None else seq_len
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1 or (limit and T > limit):
+        allowed = "an int >= 1" if limit is None else f"an int in [1, {limit}]"
         raise ValueError(
-            f"seq_len must be an int in [1, max_positions={tc.max_positions}], got {seq_len!r}"
+            f"seq_len must be {allowed} (the tokens the model's positions cover), got {seq_len!r}"
         )
     lengths = torch.tensor([max(T - row, 1) if padded else T for row in range(batch_size)])
     mask = torch.arange(T)[None, :] < lengths[:, None]  # (B, 1) vs (1, T) -> (B, T)
@@ -202,7 +214,7 @@ def check_exportable(model: object) -> None:
         )
 
 
-def _text_encoder(model: TextEncoder | SequenceClassifier) -> TextEncoder:
+def _text_encoder(model: TextModel) -> TextEncoder:
     return model if isinstance(model, TextEncoder) else model.encoder
 
 

@@ -19,10 +19,12 @@ from torch import nn
 
 from encoderkit.layers.attention import Backend
 from encoderkit.layers.feedforward import Activation, FeedForward
-from encoderkit.layers.masks import make_attention_mask, padding_mask_bool
+from encoderkit.layers.masks import padding_mask_bool
 from encoderkit.layers.packing import Packing
+from encoderkit.layers.positions import PositionEncoding
 from encoderkit.layers.self_attention import MultiHeadSelfAttention
 from encoderkit.utils.checks import (
+    check_bool,
     check_hidden_states,
     check_input_dtype,
     check_packed_tokens,
@@ -44,18 +46,45 @@ class EncoderBlock(nn.Module):
         bias: bool = True,
         attention_backend: Backend = "auto",
         ff_dropout: float = 0.0,
+        qkv_bias: bool = True,
+        attention_norm: bool = True,
+        position_encoding: PositionEncoding = "none",
+        rope_base: float = 10000.0,
+        window: int | None = None,
     ) -> None:
         """``ff_dropout`` drops the feed-forward's hidden activations: 0 in the paper and BERT,
-        ``dropout`` in ``nn.TransformerEncoderLayer``."""
+        ``dropout`` in ``nn.TransformerEncoderLayer``. ``attention_norm=False`` (pre-norm only)
+        feeds attention the residual stream as it comes: ModernBERT's first layer, whose input
+        is the embeddings' LayerNorm already. ``position_encoding`` ("rotary" with
+        ``rope_base``, or "alibi") and ``window`` are the attention's, see
+        :class:`MultiHeadSelfAttention`."""
         super().__init__()
         check_probability("dropout", dropout)
+        check_bool("attention_norm", attention_norm)
+        if not attention_norm and not norm_first:
+            raise ValueError(
+                "attention_norm=False leaves out a pre-norm block's first LayerNorm, so it needs "
+                "norm_first=True; a post-norm block's norm1 normalises the residual sum"
+            )
         self.d_model = d_model
         self.norm_first = norm_first
         self.attn = MultiHeadSelfAttention(
-            d_model, n_heads, attention_dropout, bias=bias, backend=attention_backend
+            d_model,
+            n_heads,
+            attention_dropout,
+            bias=bias,
+            backend=attention_backend,
+            qkv_bias=qkv_bias,
+            position_encoding=position_encoding,
+            rope_base=rope_base,
+            window=window,
         )
         self.ff = FeedForward(d_model, d_ff, activation, ff_dropout, bias=bias)
-        self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.norm1: nn.Module = (
+            nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+            if attention_norm
+            else nn.Identity()
+        )
         self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
         self.drop = nn.Dropout(dropout)
 
@@ -78,12 +107,8 @@ class EncoderBlock(nn.Module):
             check_packed_tokens(x, self.d_model, packing.num_tokens)
         check_input_dtype(x, self.attn.qkv.weight.dtype)
         if packing is None and attention_mask is not None:
-            real = padding_mask_bool(attention_mask, B, T)
-            # Merged here, as the encoder does, so attention gets the key mask alone
-            attn_mask = make_attention_mask(
-                real, attn_mask, batch_size=B, seq_len=T, n_heads=self.attn.n_heads, dtype=x.dtype
-            )
-            attention_mask = None
+            # Attention gets the (B, T) mask as well as the pattern: positions count real tokens
+            attention_mask = real = padding_mask_bool(attention_mask, B, T)
             # Zeroed here, not only inside attention: the residual stream carries x past it, and
             # NaN left there reaches the real tokens' gradients through LayerNorm's backward.
             x = x.masked_fill(~real[..., None], 0.0)  # (B, T) -> (B, T, 1)

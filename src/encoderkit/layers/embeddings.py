@@ -11,8 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoderkit.layers.positions import PositionEncoding, SinusoidalPositionalEncoding
+from encoderkit.layers.positions import (
+    POSITION_ENCODINGS,
+    PositionEncoding,
+    SinusoidalPositionalEncoding,
+)
 from encoderkit.utils.checks import (
+    check_bool,
+    check_choice,
     check_input_dtype,
     check_positive_int,
     check_probability,
@@ -33,7 +39,15 @@ class TokenEmbedding(nn.Module):
         layer_norm_eps: float = 1e-12,
         dropout: float = 0.1,
         pad_token_id: int | None = 0,
+        position_offset: int = 0,
+        bias: bool = True,
     ) -> None:
+        """``bias=False``: the LayerNorm has no shift (ModernBERT's ``norm_bias``).
+        ``position_encoding`` "learned" or "sinusoidal" adds a table of ``max_positions``
+        rows, token t reading row ``position_offset`` + t (RoBERTa's learned positions start at
+        pad_token_id + 1), so at most max_positions - position_offset tokens fit. "rotary",
+        "alibi" and "none" add no positions here (rotary and ALiBi act inside attention) and
+        take any length: ``max_positions`` is then only advisory."""
         super().__init__()
         check_positive_int("vocab_size", vocab_size)
         check_positive_int("d_model", d_model)
@@ -43,19 +57,31 @@ class TokenEmbedding(nn.Module):
             raise ValueError(
                 f"pad_token_id must lie in [0, vocab_size={vocab_size}), got {pad_token_id!r}"
             )
-        if position_encoding not in ("learned", "sinusoidal"):
+        check_choice("position_encoding", position_encoding, POSITION_ENCODINGS)
+        tabled = position_encoding in ("learned", "sinusoidal")
+        if isinstance(position_offset, bool) or not isinstance(position_offset, int):
+            raise TypeError(f"position_offset must be an int, got {position_offset!r}")
+        if tabled and not 0 <= position_offset < max_positions:
             raise ValueError(
-                f"position_encoding must be 'learned' or 'sinusoidal', got {position_encoding!r}"
+                f"position_offset must lie in [0, max_positions={max_positions}) so that a "
+                f"token fits in the position table, got {position_offset}"
+            )
+        if not tabled and position_offset != 0:
+            raise ValueError(
+                f"position_offset shifts a learned or sinusoidal table; position_encoding "
+                f"{position_encoding!r} has none, so it must be 0, got {position_offset}"
             )
         self.vocab_size, self.max_positions = vocab_size, max_positions
+        self.position_offset = position_offset
         self.tokens = nn.Embedding(vocab_size, d_model, padding_idx=pad_token_id)
-        self.positions: nn.Module = (
-            nn.Embedding(max_positions, d_model)
-            if position_encoding == "learned"
-            else SinusoidalPositionalEncoding(d_model, max_positions)
-        )
+        # No module at all for rotary / alibi / none, so the state dict has no positions.* key
+        self.positions: nn.Module | None = None
+        if position_encoding == "learned":
+            self.positions = nn.Embedding(max_positions, d_model)
+        elif position_encoding == "sinusoidal":
+            self.positions = SinusoidalPositionalEncoding(d_model, max_positions)
         self.segments = nn.Embedding(type_vocab_size, d_model) if type_vocab_size > 0 else None
-        self.norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.norm = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
         self.drop = nn.Dropout(dropout)
 
     def forward(
@@ -63,10 +89,12 @@ class TokenEmbedding(nn.Module):
     ) -> torch.Tensor:
         """input_ids (B, T) -> (B, T, D)."""
         T = check_token_ids("input_ids", input_ids, self.vocab_size).shape[1]
-        if T > self.max_positions:
+        offset = self.position_offset
+        if self.positions is not None and T > self.max_positions - offset:
+            shifted = f" less its position_offset {offset}" if offset else ""
             raise ValueError(
                 f"input_ids has {T} tokens, more than the model's max_positions "
-                f"{self.max_positions}; truncate the input"
+                f"{self.max_positions}{shifted}; truncate the input"
             )
         x = self.tokens(input_ids)  # (B, T) -> (B, T, D)
         if self.segments is not None:
@@ -74,9 +102,9 @@ class TokenEmbedding(nn.Module):
         elif token_type_ids is not None:
             raise ValueError("token_type_ids given, but this model has no segment embeddings")
         if isinstance(self.positions, nn.Embedding):
-            x = x + self.positions.weight[:T]  # (T, D) broadcast over B
-        else:
-            x = x + self.positions(T).to(x.dtype)
+            x = x + self.positions.weight[offset : offset + T]  # (T, D) broadcast over B
+        elif isinstance(self.positions, SinusoidalPositionalEncoding):
+            x = x + self.positions(offset + T)[offset:].to(x.dtype)
         return self.drop(self.norm(x))
 
 
@@ -115,9 +143,13 @@ class PatchEmbedding(nn.Module):
     """Cut the image into P x P patches, project each to D (a strided convolution), prepend a
     class token and add learned position embeddings.
 
+    With ``distillation_token`` a second learned token follows the class token, before the
+    patches, with its own position (DeiT, Touvron et al. 2021, section 4): the sequence then
+    starts with ``prefix`` = 2 special tokens instead of 1.
+
     Images of another size than ``image_size`` work when both sides divide by the patch size:
     the position grid is resized by bicubic interpolation, as for ViT fine-tuning at a higher
-    resolution (Dosovitskiy et al. 2021, section 3.2).
+    resolution (Dosovitskiy et al. 2021, section 3.2); the special tokens' positions are kept.
     """
 
     def __init__(
@@ -127,8 +159,10 @@ class PatchEmbedding(nn.Module):
         num_channels: int,
         d_model: int,
         dropout: float = 0.0,
+        distillation_token: bool = False,
     ) -> None:
         super().__init__()
+        check_bool("distillation_token", distillation_token)
         for name, value in (
             ("image_size", image_size),
             ("patch_size", patch_size),
@@ -144,32 +178,39 @@ class PatchEmbedding(nn.Module):
         self.image_size, self.patch_size, self.num_channels = image_size, patch_size, num_channels
         self.grid = image_size // patch_size
         self.proj = nn.Conv2d(num_channels, d_model, kernel_size=patch_size, stride=patch_size)
+        self.prefix = 2 if distillation_token else 1  # special tokens before the patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d_model))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, d_model))
-        nn.init.trunc_normal_(self.pos_embed, std=0.02, a=-0.04, b=0.04)
-        nn.init.trunc_normal_(self.cls_token, std=0.02, a=-0.04, b=0.04)
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, d_model)) if distillation_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.prefix + self.grid**2, d_model))
+        for p in (self.pos_embed, self.cls_token, self.dist_token):
+            if p is not None:
+                nn.init.trunc_normal_(p, std=0.02, a=-0.04, b=0.04)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels (B, C, H, W) -> (B, 1 + N, D) with N = (H / P) (W / P); an empty batch (B = 0)
-        gives (0, 1 + N, D)."""
+        """pixels (B, C, H, W) -> (B, S + N, D) with S = ``prefix`` special tokens ([CLS], then
+        DeiT's distillation token) and N = (H / P) (W / P); an empty batch (B = 0) gives
+        (0, S + N, D)."""
         B, _, H, W = self.check_pixels(pixels).shape
         x = self.proj(pixels)  # (B, C, H, W) -> (B, D, H/P, W/P)
         x = x.flatten(2).transpose(1, 2)  # -> (B, N, D)
-        cls = self.cls_token.expand(B, -1, -1)  # (1, 1, D) -> (B, 1, D)
-        x = torch.cat([cls, x], dim=1)  # -> (B, 1 + N, D)
+        special = [self.cls_token.expand(B, -1, -1)]  # (1, 1, D) -> (B, 1, D)
+        if self.dist_token is not None:
+            special.append(self.dist_token.expand(B, -1, -1))
+        x = torch.cat([*special, x], dim=1)  # -> (B, S + N, D)
         return self.drop(x + self.position_embeddings(H // self.patch_size, W // self.patch_size))
 
     def position_embeddings(self, rows: int, cols: int) -> torch.Tensor:
-        """(1, 1 + rows * cols, D): the trained grid, resized bicubically when it differs."""
+        """(1, S + rows * cols, D): the trained grid, resized bicubically when it differs; the
+        S special tokens' positions are never resized."""
         if (rows, cols) == (self.grid, self.grid):
             return self.pos_embed
-        D = self.pos_embed.shape[-1]
-        cls_pos, grid_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        D, S = self.pos_embed.shape[-1], self.prefix
+        special_pos, grid_pos = self.pos_embed[:, :S], self.pos_embed[:, S:]
         grid_pos = grid_pos.reshape(1, self.grid, self.grid, D).permute(0, 3, 1, 2)  # (1, D, g, g)
         grid_pos = F.interpolate(grid_pos, size=(rows, cols), mode="bicubic", align_corners=False)
         grid_pos = grid_pos.permute(0, 2, 3, 1).reshape(1, rows * cols, D)  # -> (1, N, D)
-        return torch.cat([cls_pos, grid_pos], dim=1)
+        return torch.cat([special_pos, grid_pos], dim=1)
 
     def check_pixels(self, pixels: object) -> torch.Tensor:
         if not isinstance(pixels, torch.Tensor):

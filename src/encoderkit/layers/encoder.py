@@ -34,6 +34,11 @@ class Encoder(nn.Module):
             raise TypeError(f"config must be an EncoderConfig, got {type(config).__name__}")
         self.config = config
         c = config
+        if not c.first_attention_norm and not c.norm_first:
+            raise ValueError(
+                "first_attention_norm=False leaves out the first pre-norm block's attention "
+                "LayerNorm, so it needs norm_first=True"
+            )
         self.blocks = nn.ModuleList(
             EncoderBlock(
                 c.d_model,
@@ -47,8 +52,15 @@ class Encoder(nn.Module):
                 bias=c.bias,
                 attention_backend=c.attention_backend,
                 ff_dropout=c.ff_dropout,
+                qkv_bias=c.qkv_bias,
+                attention_norm=c.first_attention_norm or i > 0,
+                position_encoding=c.position_encoding,
+                rope_base=c.local_rope_base
+                if c.is_local(i) and c.local_rope_base is not None
+                else c.rope_base,
+                window=c.window if c.is_local(i) else None,
             )
-            for _ in range(c.n_layers)
+            for i in range(c.n_layers)
         )
         self.norm = (
             nn.LayerNorm(c.d_model, eps=c.layer_norm_eps, bias=c.bias)
@@ -75,20 +87,15 @@ class Encoder(nn.Module):
             for block in self.blocks:
                 h = block(h, packing=packing)
             return packing.unpack(self.norm(h))  # (N, D) -> (B, T, D), 0 at padded positions
-        # Merged once here; every block receives the same 4-D mask.
-        mask = make_attention_mask(
-            real,
-            attn_mask,
-            batch_size=B,
-            seq_len=T,
-            n_heads=self.config.n_heads,
-            dtype=x.dtype,
+        # Checked here, before any work; each block gets the (B, T) mask and the pattern apart,
+        # so that attention counts positions in real tokens
+        make_attention_mask(
+            real, attn_mask, batch_size=B, seq_len=T, n_heads=self.config.n_heads, dtype=x.dtype
         )
         if real is not None:
-            # Once here, so the blocks (given only the 4-D mask) never see what padding held
             x = x.masked_fill(~real[..., None], 0.0)  # (B, T) -> (B, T, 1)
         for block in self.blocks:
-            x = block(x, attn_mask=mask)
+            x = block(x, real, attn_mask)
         x = self.norm(x)
         if real is not None:
             x = x.masked_fill(~real[..., None], 0.0)  # (B, T) -> (B, T, 1): padded outputs are 0

@@ -12,6 +12,10 @@ Two inputs, both optional:
 :func:`make_attention_mask` checks both and merges them into the single 4-D mask that every
 attention path (math and fused) receives, so every path agrees on what True means.
 
+Rotary positions, windows and ALiBi count positions per sequence
+(:func:`encoderkit.layers.positions.token_positions`); :func:`add_position_pattern` writes
+windows and ALiBi out as a mask for the paths that take one.
+
 Shape legend: B batch, H heads, T tokens.
 """
 
@@ -19,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from encoderkit.layers.alibi import alibi_bias
+from encoderkit.layers.local import band_mask
 from encoderkit.utils.checks import tracing
 
 
@@ -101,3 +107,31 @@ def _check_pattern(
             f"a (T, T) mask can be passed as mask[None, None]"
         )
     return attn_mask if attn_mask.dtype == torch.bool else attn_mask.to(dtype)
+
+
+def add_position_pattern(
+    mask: torch.Tensor | None,
+    positions: torch.Tensor,
+    half_window: int | None,
+    slopes: torch.Tensor | None,
+    dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """A mask from :func:`make_attention_mask` with local attention's band (|i - j| <=
+    ``half_window``) and ALiBi's bias (``slopes`` (H,)) over token ``positions`` (B or 1, T)
+    added: the explicit (B, H, T, T) form, which the math path and attention maps use and which
+    the blocked kernels of :mod:`encoderkit.layers.local` never build."""
+    if half_window is not None:
+        band = band_mask(positions, positions, half_window)[:, None]  # (B|1, T, T) -> 4-D
+        if mask is None or mask.dtype == torch.bool:
+            mask = band if mask is None else mask & band
+        else:
+            mask = mask.masked_fill(~band, float("-inf"))
+    if slopes is not None:
+        bias = alibi_bias(positions, positions, slopes).to(dtype)  # (B|1, H, T, T)
+        if mask is None:
+            mask = bias
+        elif mask.dtype == torch.bool:
+            mask = bias.masked_fill(~mask, float("-inf"))
+        else:
+            mask = mask + bias
+    return mask

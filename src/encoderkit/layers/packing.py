@@ -51,6 +51,9 @@ class Packing:
     cu_seqlens: torch.Tensor  # (B + 1,) int32: sequence b is packed rows cu[b] .. cu[b + 1]
     batch_size: int  # B
     seq_len: int  # T
+    # (N,) int64: each token's position in its sequence, counting real tokens from 0 (what
+    # rotary positions rotate by), whatever the padding was
+    positions: torch.Tensor
 
     @classmethod
     def from_mask(cls, real: torch.Tensor) -> Packing:
@@ -61,7 +64,10 @@ class Packing:
             )
         per_row = real.sum(dim=1, dtype=torch.int32)  # (B,)
         cu_seqlens = F.pad(per_row.cumsum(0, dtype=torch.int32), (1, 0))  # (B + 1,), from 0
-        return cls(real_token_index(real), cu_seqlens, real.shape[0], real.shape[1])
+        index = real_token_index(real)
+        rank = real.cumsum(dim=1) - 1  # (B, T): real token r of its row is at r
+        positions = rank.flatten().index_select(0, index)  # (B * T,) -> (N,)
+        return cls(index, cu_seqlens, real.shape[0], real.shape[1], positions)
 
     @property
     def num_tokens(self) -> int:

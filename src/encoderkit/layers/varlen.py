@@ -11,6 +11,10 @@ The fused kernels run as one registered operator, ``encoderkit::varlen_attention
 ``backend="math"`` runs the formula one sequence at a time with autograd: the oracle the kernels
 are tested against, for eager calls only (its Python loop reads the lengths on the host).
 
+``window`` makes attention local (|i - j| <= window // 2 within each sequence) and
+``alibi_slopes`` adds ALiBi's bias; the math path writes both out as an explicit mask per
+sequence, the kernels never do (see :mod:`encoderkit.layers.varlen_kernels`).
+
 Shape legend: N packed tokens, B sequences, M the longest sequence, H heads, K head width.
 """
 
@@ -21,9 +25,11 @@ from typing import Literal
 import torch
 
 from encoderkit.layers.attention import BACKENDS, Backend, attend, attention_weights
+from encoderkit.layers.masks import add_position_pattern
 from encoderkit.layers.packing import Packing
+from encoderkit.layers.positions import token_positions
 from encoderkit.layers.varlen_kernels import varlen_attention_op
-from encoderkit.utils.checks import check_choice, check_probability
+from encoderkit.utils.checks import check_choice, check_positive_int, check_probability
 
 VarlenKernel = Literal["auto", "varlen", "loop", "repad"]
 VARLEN_KERNELS: tuple[str, ...] = ("auto", "varlen", "loop", "repad")
@@ -37,39 +43,52 @@ def varlen_attention(
     dropout_p: float = 0.0,
     backend: Backend = "auto",
     kernel: VarlenKernel = "auto",
+    window: int | None = None,
+    alibi_slopes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention within each packed sequence: q, k, v (N, H, K) -> (N, H, K).
 
     Row n of the output equals what :func:`scaled_dot_product_attention` gives that token in the
     padded (B, H, T, K) batch under its key-padding mask. ``backend="math"`` runs the formula
     one sequence at a time (the oracle); otherwise ``kernel`` chooses the fused kernel.
+    ``window``: local attention, |i - j| <= window // 2; ``alibi_slopes`` (H,): ALiBi's.
     """
     check_choice("backend", backend, BACKENDS)
     check_choice("kernel", kernel, VARLEN_KERNELS)
     check_probability("dropout_p", dropout_p)
     _check_packed_qkv(q, k, v, packing)
+    if window is not None:
+        check_positive_int("window", window)
+    _check_slopes(alibi_slopes, q)
+    half = -1 if window is None else window // 2
     if backend == "math":
-        return _per_sequence_math(q, k, v, packing, dropout_p)
+        return _per_sequence_math(q, k, v, packing, dropout_p, half, alibi_slopes)
     if kernel == "auto":
-        kernel = pick_varlen_kernel(q, dropout_p)
+        kernel = pick_varlen_kernel(q, dropout_p, alibi=alibi_slopes is not None)
     elif kernel == "varlen" and not varlen_kernel_applies(q):
         raise ValueError(
             f"the varlen kernel needs CUDA, float16 or bfloat16 and a head width that is a "
             f"multiple of 8 up to 256; got device {q.device.type}, dtype {q.dtype}, head width "
             f"{q.shape[-1]}"
         )
+    elif kernel == "varlen" and alibi_slopes is not None:
+        raise ValueError("the varlen kernel has no ALiBi backward: use the loop or repad kernel")
     # The longest sequence is at most T: an upper bound the kernel accepts, known without
     # reading the lengths back from the device.
     out, _, _ = varlen_attention_op(
-        q, k, v, packing.cu_seqlens, packing.seq_len, float(dropout_p), kernel
-    )
+        q, k, v, packing.cu_seqlens, packing.seq_len, float(dropout_p), kernel, half,
+        alibi_slopes,
+    )  # fmt: skip
     return out
 
 
-def pick_varlen_kernel(q: torch.Tensor, dropout_p: float = 0.0) -> VarlenKernel:
-    """The kernel ``"auto"`` runs for these queries: varlen where it applies, else loop on the
-    CPU and repad elsewhere. (All three support dropout.)"""
-    if varlen_kernel_applies(q):
+def pick_varlen_kernel(
+    q: torch.Tensor, dropout_p: float = 0.0, alibi: bool = False
+) -> VarlenKernel:
+    """The kernel ``"auto"`` runs for these queries: varlen where it applies (not with ALiBi,
+    whose gradient flash-attention does not give here), else loop on the CPU and repad
+    elsewhere. (All three support dropout and windows.)"""
+    if varlen_kernel_applies(q) and not alibi:
         return "varlen"
     return "loop" if q.device.type == "cpu" else "repad"
 
@@ -85,29 +104,61 @@ def varlen_kernel_applies(q: torch.Tensor) -> bool:
 
 
 def _per_sequence_math(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing, dropout_p: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    packing: Packing,
+    dropout_p: float,
+    half_window: int = -1,
+    alibi_slopes: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The formula for each sequence on views of the packed tokens, with autograd: the oracle."""
+    """The formula for each sequence on views of the packed tokens, with autograd: the oracle.
+    Windows and ALiBi are an explicit (1, H, s, s) mask per sequence."""
+    half = None if half_window < 0 else half_window
     outs = []
     for q_s, k_s, v_s in zip(packing.split(q), packing.split(k), packing.split(v), strict=True):
         if q_s.shape[0] == 0:
             continue  # an empty sequence has no queries
         q_s, k_s, v_s = (t.transpose(0, 1)[None] for t in (q_s, k_s, v_s))  # -> (1, H, s, K)
-        out = attend(q_s, k_s, v_s, None, dropout_p, "math")  # checked once, not per sequence
+        positions = token_positions(None, q_s.shape[2], q.device)  # (1, s)
+        mask = add_position_pattern(None, positions, half, alibi_slopes, q.dtype)
+        out = attend(q_s, k_s, v_s, mask, dropout_p, "math")  # checked once, not per sequence
         outs.append(out[0].transpose(0, 1))  # (1, H, s, K) -> (s, H, K)
     return torch.cat(outs) if outs else torch.zeros_like(q)
 
 
-def packed_attention_weights(q: torch.Tensor, k: torch.Tensor, packing: Packing) -> torch.Tensor:
-    """The (B, H, T, T) probabilities of packed q, k (N, H, K), laid out as the padded batch.
+def packed_attention_weights(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    packing: Packing,
+    window: int | None = None,
+    alibi_slopes: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The (B, H, T, T) probabilities of packed q, k (N, H, K), laid out as the padded batch,
+    with ``window`` and ``alibi_slopes`` as in :func:`varlen_attention`.
 
     Columns of padded keys and rows of padded queries (which packed execution never computes)
     are 0.
     """
     real = packing.unpack(q.new_ones(packing.num_tokens, dtype=torch.bool))  # (B, T)
     q, k = (packing.unpack(t).transpose(1, 2) for t in (q, k))  # (N, H, K) -> (B, H, T, K)
-    probs = attention_weights(q, k, real[:, None, None, :])  # (B, H, T, T)
+    half = None if window is None else window // 2
+    positions = token_positions(real, packing.seq_len, q.device)  # (B, T)
+    mask = add_position_pattern(real[:, None, None, :], positions, half, alibi_slopes, q.dtype)
+    probs = attention_weights(q, k, mask)  # (B, H, T, T)
     return probs.masked_fill(~real[:, None, :, None], 0.0)
+
+
+def _check_slopes(slopes: torch.Tensor | None, q: torch.Tensor) -> None:
+    if slopes is None:
+        return
+    if not isinstance(slopes, torch.Tensor):
+        raise TypeError(f"alibi_slopes must be a torch.Tensor, got {type(slopes).__name__}")
+    if slopes.shape != (q.shape[1],) or not slopes.is_floating_point():
+        raise ValueError(
+            f"alibi_slopes must be floating (H,) with H = {q.shape[1]} heads, got dtype "
+            f"{slopes.dtype} shape {tuple(slopes.shape)}"
+        )
 
 
 def _check_packed_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing) -> None:

@@ -2,7 +2,14 @@
 task heads, sentence embeddings, and the foreign weight formats they load and save."""
 
 from encoderkit.models.config import TextConfig, VisionConfig
-from encoderkit.models.heads import ClassificationHead, ImageClassifier, SequenceClassifier
+from encoderkit.models.heads import (
+    ClassificationHead,
+    HeadConfig,
+    ImageClassifier,
+    MaskedLM,
+    SequenceClassifier,
+    TokenClassifier,
+)
 from encoderkit.models.pooling import Pooler, Pooling, pool_tokens
 from encoderkit.models.pretrained import PretrainedError, load_pretrained, save_pretrained
 from encoderkit.models.sentence import SentenceEncoder
@@ -11,7 +18,9 @@ from encoderkit.models.vision import VisionEncoder
 
 __all__ = [
     "ClassificationHead",
+    "HeadConfig",
     "ImageClassifier",
+    "MaskedLM",
     "Pooler",
     "Pooling",
     "PretrainedError",
@@ -19,6 +28,7 @@ __all__ = [
     "SequenceClassifier",
     "TextConfig",
     "TextEncoder",
+    "TokenClassifier",
     "VisionConfig",
     "VisionEncoder",
     "load_pretrained",

@@ -1,7 +1,18 @@
 """Pretrained weights in and out, in the Hugging Face layout (``config.json`` +
-``model.safetensors``), for every family in :mod:`encoderkit.models.formats` (BERT, MiniLM
-included, and ViT today): each family's key map and config translation live in its own module
-there; loading and saving here dispatch on them.
+``model.safetensors``), for every family in :mod:`encoderkit.models.formats`: each family's key
+map, config translation and task classes live in its own module there; loading and saving here
+dispatch on them.
+
+Loading picks the family by config.json's ``model_type`` and the model by its
+``architectures[0]``: the bare encoder (``BertModel``) gives a :class:`TextEncoder` or
+:class:`VisionEncoder`; a task class the family lists (``BertForSequenceClassification``, ...)
+gives our task model with its head (see :mod:`encoderkit.models.heads`), or with ``head=False``
+the encoder alone, its head's keys dropped.
+
+Saving writes the family named by ``model_type=``, or else the first family listed in
+:data:`~encoderkit.models.formats.FORMATS` that can write the model exactly, encoder and head
+(BERT for a plain text encoder; RoBERTa for one whose positions start after the padding index).
+A model carries no family name: what it computes decides how it can be written.
 
 The config is checked against the weights before anything is allocated: config.json is a few
 bytes that can ask for any size, so its values are type-checked, its layer count is compared with
@@ -12,15 +23,21 @@ Only then are tensors read and the real model built, so memory follows the file,
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+import typing
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
+from encoderkit.layers.config import EncoderConfig
 from encoderkit.models.config import TextConfig, VisionConfig
-from encoderkit.models.formats import FORMATS, format_of_config, format_of_model
+from encoderkit.models.formats import FORMATS, Format, Task
+from encoderkit.models.formats.base import TaskKind
 from encoderkit.models.formats.checkpoint import (
     CONFIG,
     WEIGHTS,
@@ -28,7 +45,22 @@ from encoderkit.models.formats.checkpoint import (
     open_weights,
     read_config,
 )
-from encoderkit.models.formats.keymap import check_layer_count, map_state
+from encoderkit.models.formats.hf_config import (
+    config_errors,
+    labels_from_hf,
+    labels_to_hf,
+    problem_type_from_hf,
+)
+from encoderkit.models.formats.keymap import as_tuple, check_layer_count, map_state
+from encoderkit.models.heads import (
+    HeadConfig,
+    ImageClassifier,
+    MaskedLM,
+    SequenceClassifier,
+    TaskModel,
+    TokenClassifier,
+)
+from encoderkit.models.pooling import Pooling
 from encoderkit.models.text import TextEncoder
 from encoderkit.models.vision import VisionEncoder
 from encoderkit.utils.files import atomic_write, atomic_write_text
@@ -42,13 +74,27 @@ __all__ = [
     "save_pretrained",
 ]
 
+Pretrained = TextEncoder | VisionEncoder | TaskModel
+TASK_MODELS: dict[TaskKind, type[nn.Module]] = {
+    "sequence_classification": SequenceClassifier,
+    "token_classification": TokenClassifier,
+    "masked_lm": MaskedLM,
+    "image_classification": ImageClassifier,
+}
 
-def load_pretrained(path: str | Path, *, allow_pickle: bool = False) -> TextEncoder | VisionEncoder:
-    """Read a Hugging Face-format directory of a BERT-family or ViT model into our model.
+
+def load_pretrained(path: str | Path, *, allow_pickle: bool = False, head: bool = True) -> Any:
+    """Read a Hugging Face-format model directory into our model: the encoder for a base
+    checkpoint (``BertModel``), our task model with its head for a task checkpoint the family
+    supports (``BertForSequenceClassification``: a :class:`SequenceClassifier`), the encoder
+    alone with ``head=False``. Returns a TextEncoder, VisionEncoder, SequenceClassifier,
+    TokenClassifier, MaskedLM or ImageClassifier.
 
     Weights come from ``model.safetensors``. A ``pytorch_model.bin`` is read only when
     ``allow_pickle=True``, and then with ``torch.load(weights_only=True)``.
     """
+    if not isinstance(head, bool):
+        raise TypeError(f"head must be a bool, got {head!r}")
     directory = Path(path)
     if not directory.is_dir():
         raise PretrainedError(
@@ -56,39 +102,54 @@ def load_pretrained(path: str | Path, *, allow_pickle: bool = False) -> TextEnco
         )
     source = str(directory)
     hf = read_config(directory / CONFIG)
-    model_type = hf.get("model_type")
-    fmt = FORMATS.get(model_type) if isinstance(model_type, str) else None
-    if fmt is None:
-        raise PretrainedError(
-            f"{directory / CONFIG}: model_type must be {_known_types()}, got {model_type!r}"
-        )
+    fmt = _format_of_type(hf, f"{directory / CONFIG}")
+    task = _task_to_load(fmt, hf, head, directory / CONFIG)
     keymap = fmt.keymap
     weights = open_weights(directory, keymap.model_prefix, allow_pickle=allow_pickle)
-    config = fmt.config_from_hf(hf, has_pooler="pooler.dense.weight" in weights.specs)
+    pooler = _pooler_sources(fmt)
+    if task is None:
+        has_pooler = any(k in weights.specs for k in pooler)
+        # a task checkpoint's head lies outside the encoder's prefix: drop it
+        prefixed = any(name != k for k, name in weights.names.items())
+        head_keys = [k for k, name in weights.names.items() if name == k] if prefixed else []
+        dropped = keymap.dropped + tuple(re.escape(k) for k in head_keys)
+    else:
+        has_pooler = task.pooler
+        # a class without the pooler ignores one in the file (bert-base-uncased's MaskedLM)
+        unused_pooler = () if task.pooler else tuple(re.escape(k) for k in pooler)
+        dropped = keymap.dropped + task.dropped + unused_pooler
+    config = fmt.config_from_hf(hf, has_pooler=has_pooler)
     check_layer_count(weights.specs, keymap, config.n_layers, source)
     try:
         with torch.device("meta"):  # shapes only: nothing is allocated for what the config asks
-            skeleton = fmt.model(config)
+            skeleton = _build(fmt, task, config, hf)
     except RuntimeError as e:  # sizes whose product overflows int64, say
         raise PretrainedError(f"{source}: config.json asks sizes no tensor can have ({e})") from e
     expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
-    ours = map_state(weights, keymap, expected, config.n_layers, source)
-    model: TextEncoder | VisionEncoder = fmt.model(config)  # memory now follows the file
+    mapping = _mapping(fmt, task, config.n_layers)
+    ours = map_state(weights, mapping, dropped, expected, source)
+    model = _build(fmt, task, config, hf)  # memory now follows the file
     model.load_state_dict(ours, strict=True)
     return model.eval()
 
 
-def save_pretrained(model: TextEncoder | VisionEncoder, path: str | Path) -> Path:
+def save_pretrained(model: nn.Module, path: str | Path, *, model_type: str | None = None) -> Path:
     """Write ``model`` as a Hugging Face-format directory (``model.safetensors`` then
-    ``config.json``, each atomically) that ``transformers`` and :func:`load_pretrained` read."""
-    fmt = format_of_model(model)
-    if fmt is None:
-        names = dict.fromkeys(f.model.__name__ for f in FORMATS.values())
-        raise TypeError(f"expected a {' or '.join(names)}, got {type(model).__name__}")
-    keymap, hf = fmt.keymap, fmt.config_to_hf(model.config)
+    ``config.json``, each atomically) that ``transformers`` and :func:`load_pretrained` read:
+    an encoder as the family's base class (``BertModel``), a task model as its task class
+    (``BertForSequenceClassification``, with ``id2label``).
+
+    ``model_type`` names the family to write ("bert", "roberta", "xlm-roberta", ...); by default
+    the first family listed that can express the model exactly. What no family can express
+    raises a ValueError listing, per family, why.
+    """
+    encoder, kind = _parts(model)
+    fmt, hf = _choose_format(model, encoder, kind, model_type)
+    task = None if kind is None else fmt.task_for(kind, model)
     ours = model.state_dict()
     theirs: dict[str, torch.Tensor] = {}
-    for our_key, sources in keymap.expand(model.config.n_layers).items():
+    prefix = "" if task is None else fmt.keymap.model_prefix
+    for our_key, sources in _mapping(fmt, task, encoder.config.n_layers, prefix).items():
         if our_key not in ours:  # the optional pooler
             continue
         parts = ours[our_key].detach().cpu().chunk(len(sources), dim=0)  # (3D, D) -> 3 x (D, D)
@@ -108,25 +169,251 @@ def config_from_hf(hf: dict[str, Any], *, has_pooler: bool) -> TextConfig | Visi
     Each value is type- and range-checked by the family's module, so that the error names
     config.json's field; whether the sizes agree with the weights is ``map_state``'s to check.
     """
-    model_type = hf.get("model_type")
-    fmt = FORMATS.get(model_type) if isinstance(model_type, str) else None
-    if fmt is None:
-        raise PretrainedError(
-            f"config.json: model_type must be {_known_types()}, got {model_type!r}"
-        )
+    fmt = _format_of_type(hf, "config.json")
     config: TextConfig | VisionConfig = fmt.config_from_hf(hf, has_pooler=has_pooler)
     return config
 
 
-def config_to_hf(config: TextConfig | VisionConfig) -> dict[str, Any]:
-    """The Hugging Face config.json of our config; refuses what its family cannot express."""
-    fmt = format_of_config(config)
-    if fmt is None:
+def config_to_hf(
+    config: TextConfig | VisionConfig, *, model_type: str | None = None
+) -> dict[str, Any]:
+    """The Hugging Face config.json of an encoder of ``config``, in the family ``model_type`` or
+    the first family listed that can express it; refuses what its family cannot express."""
+    candidates = [f for f in FORMATS.values() if isinstance(config, f.config)]
+    if not candidates:
         names = dict.fromkeys(f.config.__name__ for f in FORMATS.values())
         raise TypeError(f"expected a {' or '.join(names)}, got {type(config).__name__}")
-    hf: dict[str, Any] = fmt.config_to_hf(config)
+    errors = []
+    for fmt in _named(candidates, model_type, type(config).__name__):
+        try:
+            hf: dict[str, Any] = fmt.config_to_hf(config)
+            return hf
+        except ValueError as e:
+            errors.append(str(e))
+    raise ValueError(_none_writes(errors))
+
+
+# ---- loading ----------------------------------------------------------------------------
+
+
+def _format_of_type(hf: dict[str, Any], where: str) -> Format[Any, Any]:
+    model_type = hf.get("model_type")
+    fmt = FORMATS.get(model_type) if isinstance(model_type, str) else None
+    if fmt is None:
+        known = " or ".join(repr(t) for t in FORMATS)
+        raise PretrainedError(f"{where}: model_type must be {known}, got {model_type!r}")
+    return fmt
+
+
+def _task_to_load(
+    fmt: Format[Any, Any], hf: dict[str, Any], head: bool, where: Path
+) -> Task | None:
+    """The task class config.json's ``architectures[0]`` names, or None for the encoder: the
+    base class, no class named, or ``head=False``."""
+    architectures = hf.get("architectures")
+    if architectures is None:
+        return None
+    if (
+        not isinstance(architectures, list)
+        or not architectures
+        or not all(isinstance(a, str) for a in architectures)
+    ):
+        raise PretrainedError(
+            f"{where}: architectures must be a list of class names, got {architectures!r}"
+        )
+    name = architectures[0]
+    if not head or name == fmt.base_architecture:
+        return None
+    task = fmt.task_named(name)
+    if task is None and fmt.base_architecture:  # a family that names its classes
+        raise PretrainedError(
+            f"{where}: architectures[0] {name!r} is not supported for model_type "
+            f"{fmt.model_type!r}; supported: {', '.join(fmt.architectures())}. Pass head=False "
+            f"to load the encoder alone, without the head"
+        )
+    return task
+
+
+def _pooler_sources(fmt: Format[Any, Any]) -> tuple[str, ...]:
+    """The family's pooler keys in the file (prefix stripped)."""
+    return tuple(
+        s for ours, theirs in fmt.keymap.top.items() if ours.startswith("pooler.")
+        for s in as_tuple(theirs)
+    )  # fmt: skip
+
+
+def _build(
+    fmt: Format[Any, Any], task: Task | None, config: TextConfig | VisionConfig, hf: dict[str, Any]
+) -> nn.Module:
+    """Our model for ``config``: the encoder, or the task model with the head config.json
+    describes (its errors name config.json's fields)."""
+    if task is None:
+        model: nn.Module = fmt.model(config)
+        return model
+    head = task.head_from_hf(hf)
+    with config_errors():
+        if task.kind == "masked_lm":
+            return MaskedLM(config, head=head, **task.options)  # type: ignore[arg-type]
+        n, labels = labels_from_hf(hf)
+        if task.kind == "sequence_classification":
+            return SequenceClassifier(
+                config,  # type: ignore[arg-type]
+                n,
+                _pooling_from_hf(hf, task.pooling_field),
+                head=head,
+                labels=labels,
+                problem_type=problem_type_from_hf(hf),  # type: ignore[arg-type]
+                **task.options,
+            )
+        if task.kind == "token_classification":
+            return TokenClassifier(
+                config,  # type: ignore[arg-type]
+                n,
+                head=head,
+                labels=labels,
+                **task.options,
+            )
+        return ImageClassifier(
+            config,  # type: ignore[arg-type]
+            n,
+            head=head,
+            labels=labels,
+            **task.options,
+        )
+
+
+def _mapping(
+    fmt: Format[Any, Any], task: Task | None, n_layers: int, prefix: str = ""
+) -> dict[str, tuple[str, ...]]:
+    """ours <- theirs for the whole model: the encoder's keys (under ``encoder.`` in a task
+    model, and under ``prefix`` in the file), then the head's."""
+    encoder = fmt.keymap.expand(n_layers)
+    if task is None:
+        return encoder
+    mapping = {
+        f"encoder.{ours}": tuple(prefix + t for t in theirs) for ours, theirs in encoder.items()
+    }
+    return mapping | {ours: as_tuple(theirs) for ours, theirs in task.keys.items()}
+
+
+# ---- saving -----------------------------------------------------------------------------
+
+
+def _parts(model: object) -> tuple[TextEncoder | VisionEncoder, TaskKind | None]:
+    """The encoder inside ``model``, and the task kind (None for a bare encoder)."""
+    if isinstance(model, (TextEncoder, VisionEncoder)):
+        return model, None
+    for kind, cls in TASK_MODELS.items():
+        if isinstance(model, cls):
+            encoder: TextEncoder | VisionEncoder = model.encoder  # type: ignore[assignment]
+            return encoder, kind
+    names = ["TextEncoder", "VisionEncoder", *(cls.__name__ for cls in TASK_MODELS.values())]
+    raise TypeError(
+        f"expected a {', '.join(names[:-1])} or {names[-1]}, got {type(model).__name__}"
+    )
+
+
+def _named(
+    candidates: list[Format[Any, Any]], model_type: str | None, what: str
+) -> list[Format[Any, Any]]:
+    if model_type is None:
+        return candidates
+    for fmt in candidates:
+        if fmt.model_type == model_type:
+            return [fmt]
+    raise ValueError(
+        f"model_type must be one of {[f.model_type for f in candidates]} for a {what}, "
+        f"got {model_type!r}"
+    )
+
+
+def _choose_format(
+    model: nn.Module,
+    encoder: TextEncoder | VisionEncoder,
+    kind: TaskKind | None,
+    model_type: str | None,
+) -> tuple[Format[Any, Any], dict[str, Any]]:
+    """The family that writes ``model``, and its config.json."""
+    candidates = [f for f in FORMATS.values() if isinstance(encoder, f.model)]
+    errors = []
+    for fmt in _named(candidates, model_type, type(encoder).__name__):
+        try:
+            return fmt, _config_of(fmt, model, encoder, kind)
+        except ValueError as e:
+            errors.append(str(e))
+    raise ValueError(_none_writes(errors))
+
+
+def _none_writes(errors: list[str]) -> str:
+    if len(errors) == 1:
+        return errors[0]
+    return "no family can write this model:\n  " + "\n  ".join(errors)
+
+
+def _config_of(
+    fmt: Format[Any, Any],
+    model: nn.Module,
+    encoder: TextEncoder | VisionEncoder,
+    kind: TaskKind | None,
+) -> dict[str, Any]:
+    """config.json of ``model`` written as ``fmt``, or a ValueError saying why it cannot be."""
+    hf: dict[str, Any] = fmt.config_to_hf(encoder.config)
+    if kind is None:
+        return hf | ({"architectures": [fmt.base_architecture]} if fmt.base_architecture else {})
+    task = fmt.task_for(kind, model)
+    if task is None:
+        raise ValueError(f"{fmt.title} has no {kind.replace('_', ' ')} class for this model")
+    reasons = []
+    has_pooler = getattr(encoder, "pooler", None) is not None
+    if has_pooler != task.pooler:
+        reasons.append(
+            f"the encoder must {'have' if task.pooler else 'not have'} a pooler "
+            f"(pooler={task.pooler})"
+        )
+    pooling = getattr(model, "pooling", "cls")
+    if kind == "sequence_classification" and task.pooling_field is not None:
+        hf[task.pooling_field] = pooling
+    elif pooling != "cls":
+        reasons.append(f"pooling must be 'cls', got {pooling!r}")
+    head = typing.cast(HeadConfig, model.head_config)  # every task model has one
+    hf |= task.head_to_hf(head)
+    read_back = task.head_from_hf(hf)
+    # None means "the encoder's" (dropout, norm eps): compare the rates the model really uses
+    want, got = _resolved(read_back, encoder.config), _resolved(head, encoder.config)
+    if want != got:
+        differ = [
+            f"{f.name}={getattr(want, f.name)!r} (got {getattr(got, f.name)!r})"
+            for f in dataclasses.fields(HeadConfig)
+            if getattr(want, f.name) != getattr(got, f.name)
+        ]
+        reasons.append(f"its head must have {', '.join(differ)}")
+    if reasons:
+        raise ValueError(
+            f"this model cannot be written as {task.architecture}: " + "; ".join(reasons)
+        )
+    hf["architectures"] = [task.architecture]
+    if kind != "masked_lm":
+        n = model.head.fc.out_features  # type: ignore[union-attr]
+        hf |= labels_to_hf(model.labels, n)  # type: ignore[arg-type]
+    if getattr(model, "problem_type", None) is not None:
+        hf["problem_type"] = model.problem_type
     return hf
 
 
-def _known_types() -> str:
-    return " or ".join(repr(t) for t in FORMATS)
+def _resolved(head: HeadConfig, config: EncoderConfig) -> HeadConfig:
+    """``head`` with its defaults spelled out: dropout and LayerNorm eps of ``config``."""
+    return dataclasses.replace(
+        head,
+        dropout=config.dropout if head.dropout is None else head.dropout,
+        norm_eps=(config.layer_norm_eps if head.norm_eps is None else head.norm_eps)
+        if head.norm
+        else None,
+    )
+
+
+def _pooling_from_hf(hf: dict[str, Any], key: str | None) -> Pooling:
+    """A sequence classifier's pooling: config.json's ``key`` when the class has one, else CLS."""
+    pooling = "cls" if key is None else hf.get(key, "cls")
+    if pooling not in ("cls", "mean"):
+        raise PretrainedError(f"config.json: {key} must be 'cls' or 'mean', got {pooling!r}")
+    return typing.cast(Pooling, pooling)

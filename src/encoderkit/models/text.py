@@ -1,7 +1,7 @@
 """The BERT-style text encoder (Devlin et al. 2019): token, position and segment embeddings, then
 the encoder.
 
-Shape legend: B batch, T tokens, D model width.
+Shape legend: B batch, T tokens, D model width, E embedding width (ELECTRA's; else D).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from encoderkit.layers.embeddings import TokenEmbedding
-from encoderkit.layers.encoder import Encoder, trunc_normal_
+from encoderkit.layers.encoder import Encoder, init_weights, trunc_normal_
 from encoderkit.models.config import TextConfig
 from encoderkit.models.pooling import Pooler, pool_tokens
 
@@ -23,16 +23,23 @@ class TextEncoder(nn.Module):
         if not isinstance(config, TextConfig):
             raise TypeError(f"config must be a TextConfig, got {type(config).__name__}")
         self.config = c = config
+        # ELECTRA embeds at its own width and projects to d_model (Clark et al. 2020, section 3.2)
+        width = c.d_model if c.embedding_size is None else c.embedding_size
         self.embeddings = TokenEmbedding(
             c.vocab_size,
-            c.d_model,
+            width,
             c.max_positions,
             c.type_vocab_size,
             c.position_encoding,
             c.layer_norm_eps,
             c.dropout,
             c.pad_token_id,
+            c.position_offset,
+            bias=c.bias,
         )
+        self.embed_proj = nn.Linear(width, c.d_model) if width != c.d_model else None
+        if self.embed_proj is not None:
+            init_weights(self.embed_proj)
         self.encoder = Encoder(c)
         self.pooler = Pooler(c.d_model) if c.pooler else None
         self.embeddings.apply(_init_embeddings)
@@ -45,7 +52,9 @@ class TextEncoder(nn.Module):
     ) -> torch.Tensor:
         """Last hidden states (B, T, D); 0 at padded positions. ``attention_mask`` as in
         :mod:`encoderkit.layers.masks`: True / 1 = real token."""
-        x = self.embeddings(input_ids, token_type_ids)  # (B, T) -> (B, T, D)
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T) -> (B, T, E)
+        if self.embed_proj is not None:
+            x = self.embed_proj(x)  # (B, T, E) -> (B, T, D)
         return self.encoder(x, attention_mask)
 
     def pool(

@@ -202,7 +202,7 @@ def _minilm_classifier(cfg: TrainConfig, n_classes: int) -> nn.Module:
     from encoderkit.models.pretrained import load_pretrained
     from encoderkit.models.sentence import shipped_model_path
 
-    pretrained = load_pretrained(shipped_model_path())
+    pretrained = load_pretrained(shipped_model_path(), head=False)
     model = SequenceClassifier(
         _fine_tuning_config(cfg, pretrained.config), n_classes, pooling=cfg.pooling
     )

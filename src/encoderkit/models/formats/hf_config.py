@@ -15,6 +15,7 @@ from typing import Any
 
 from encoderkit.layers.config import EncoderConfig
 from encoderkit.models.formats.checkpoint import PretrainedError
+from encoderkit.models.heads import PROBLEM_TYPES
 
 # Hugging Face activation names <-> ours.
 HF_ACTIVATIONS = {
@@ -113,10 +114,10 @@ def encoder_refusals(config: EncoderConfig, *, norm_first: bool) -> list[str]:
 
 
 def refuse(kind: str, reasons: list[str]) -> None:
-    """Raise one error listing every reason a model cannot be written as a ``kind`` checkpoint."""
+    """Raise one error listing every reason a model cannot be written in the ``kind`` format."""
     if reasons:
         raise ValueError(
-            f"this model cannot be written as a {kind} checkpoint: " + "; ".join(reasons)
+            f"this model cannot be written in the {kind} format: " + "; ".join(reasons)
         )
 
 
@@ -133,3 +134,101 @@ def encoder_to_hf(config: EncoderConfig) -> dict[str, Any]:
         "layer_norm_eps": config.layer_norm_eps,
         "initializer_range": 0.02,
     }
+
+
+def bert_text_fields(hf: dict[str, Any], *, pad_default: int) -> dict[str, Any]:
+    """Our text config's vocabulary and segment fields from the config.json fields BERT's
+    descendants share (BERT, RoBERTa, XLM-RoBERTa, ELECTRA), refusing what changes the
+    architecture beyond what we run: a decoder (causal attention) and relative positions."""
+    if hf.get("is_decoder", False) is not False:
+        raise PretrainedError(
+            f"config.json: is_decoder must be false (encoderkit runs encoders, whose attention "
+            f"sees both directions), got {hf['is_decoder']!r}"
+        )
+    position_type = hf.get("position_embedding_type", "absolute")
+    if position_type not in (None, "absolute"):  # null is Hugging Face's default, absolute
+        raise PretrainedError(
+            f"config.json: position_embedding_type must be 'absolute' (learned absolute "
+            f"positions; relative_key and relative_key_query are not supported), got "
+            f"{position_type!r}"
+        )
+    # Hugging Face writes "pad_token_id": null for models without one; ours is then 0.
+    pad = hf.get("pad_token_id", pad_default)
+    return {
+        "vocab_size": int_field(hf, "vocab_size"),
+        "type_vocab_size": int_field(hf, "type_vocab_size", 2, 0),
+        "pad_token_id": 0 if pad is None else int_field(hf, "pad_token_id", pad_default, 0),
+    }
+
+
+def classifier_dropout(hf: dict[str, Any], key: str = "classifier_dropout") -> float | None:
+    """A head's dropout rate from config.json; absent or null: the encoder's (None)."""
+    if hf.get(key) is None:
+        return None
+    return float_field(hf, key, 0.0, probability=True)
+
+
+def labels_from_hf(hf: dict[str, Any]) -> tuple[int, tuple[str, ...] | None]:
+    """(number of classes, their names) from config.json's ``id2label`` (else ``num_labels``,
+    else 2, Hugging Face's default). Hugging Face's own names, LABEL_0, LABEL_1, ..., read as
+    None: no names."""
+    id2label = hf.get("id2label")
+    if id2label is None:
+        return int_field(hf, "num_labels", 2), None
+    if not isinstance(id2label, dict) or not id2label:
+        raise PretrainedError(
+            f"config.json: id2label must be an object of class index -> name, got {id2label!r}"
+        )
+    names: dict[int, str] = {}
+    for key, name in id2label.items():
+        index = int(key) if isinstance(key, str) and key.isdigit() else None
+        if index is None or not isinstance(name, str):
+            raise PretrainedError(
+                f"config.json: id2label must map class indices to names, got {key!r}: {name!r}"
+            )
+        names[index] = name
+    if sorted(names) != list(range(len(names))):
+        raise PretrainedError(
+            f"config.json: id2label must name classes 0 to {len(names) - 1}, got indices "
+            f"{sorted(names)}"
+        )
+    labels = tuple(names[i] for i in range(len(names)))
+    if len(set(labels)) != len(labels):
+        raise PretrainedError(f"config.json: id2label must name each class once, got {labels}")
+    if "num_labels" in hf and hf["num_labels"] != len(labels):
+        raise PretrainedError(
+            f"config.json: num_labels must be the {len(labels)} classes of id2label, got "
+            f"{hf['num_labels']!r}"
+        )
+    return len(labels), None if labels == default_labels(len(labels)) else labels
+
+
+def default_labels(n: int) -> tuple[str, ...]:
+    return tuple(f"LABEL_{i}" for i in range(n))
+
+
+def labels_to_hf(labels: tuple[str, ...] | None, n: int) -> dict[str, Any]:
+    """config.json's ``id2label`` and ``label2id`` for ``n`` classes named ``labels``."""
+    names = default_labels(n) if labels is None else labels
+    return {
+        "id2label": {str(i): name for i, name in enumerate(names)},
+        "label2id": {name: i for i, name in enumerate(names)},
+    }
+
+
+def problem_type_from_hf(hf: dict[str, Any]) -> str | None:
+    value = hf.get("problem_type")
+    if value is not None and value not in PROBLEM_TYPES:
+        raise PretrainedError(
+            f"config.json: problem_type must be one of {list(PROBLEM_TYPES)} or null, got {value!r}"
+        )
+    return value
+
+
+def tied_word_embeddings(hf: dict[str, Any]) -> None:
+    """Refuse a masked-LM head whose output layer is not the token embedding table."""
+    if hf.get("tie_word_embeddings", True) is not True:
+        raise PretrainedError(
+            f"config.json: tie_word_embeddings must be true (our masked-LM head's output layer "
+            f"is the token embedding table), got {hf['tie_word_embeddings']!r}"
+        )

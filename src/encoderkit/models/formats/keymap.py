@@ -32,18 +32,19 @@ class KeyMap:
     layer_prefix: str
     dropped: tuple[str, ...]
     model_prefix: str  # what task models (BertForX, ViTForX) put in front of every key
+    layers_field: str = "num_hidden_layers"  # config.json's layer count (DistilBERT: n_layers)
 
     def expand(self, n_layers: int) -> dict[str, tuple[str, ...]]:
-        mapping = {ours: _as_tuple(theirs) for ours, theirs in self.top.items()}
+        mapping = {ours: as_tuple(theirs) for ours, theirs in self.top.items()}
         for i in range(n_layers):
             for ours, theirs in self.layer.items():
                 mapping[f"encoder.blocks.{i}.{ours}"] = tuple(
-                    f"{self.layer_prefix}.{i}.{t}" for t in _as_tuple(theirs)
+                    f"{self.layer_prefix}.{i}.{t}" for t in as_tuple(theirs)
                 )
         return mapping
 
 
-def _as_tuple(sources: Sources) -> tuple[str, ...]:
+def as_tuple(sources: Sources) -> tuple[str, ...]:
     return (sources,) if isinstance(sources, str) else sources
 
 
@@ -52,7 +53,7 @@ def weight_and_bias(pairs: dict[str, Sources]) -> dict[str, Sources]:
     out: dict[str, Sources] = {}
     for ours, theirs in pairs.items():
         for p in ("weight", "bias"):
-            out[f"{ours}.{p}"] = tuple(f"{t}.{p}" for t in _as_tuple(theirs))
+            out[f"{ours}.{p}"] = tuple(f"{t}.{p}" for t in as_tuple(theirs))
     return out
 
 
@@ -70,19 +71,21 @@ def check_layer_count(
     if n_layers > len(present):
         held = f": {keymap.layer_prefix}.{{{present[0]}..{present[-1]}}}" if present else ""
         raise PretrainedError(
-            f"{source}: config.json asks num_hidden_layers={n_layers}, but the weights hold "
+            f"{source}: config.json asks {keymap.layers_field}={n_layers}, but the weights hold "
             f"{len(present)} layers{held}"
         )
 
 
 def map_state(
     weights: Weights,
-    keymap: KeyMap,
+    mapping: dict[str, tuple[str, ...]],
+    dropped: tuple[str, ...],
     expected: dict[str, tuple[int, ...]],
-    n_layers: int,
     source: str,
 ) -> dict[str, torch.Tensor]:
-    """Build our state dict from theirs, or raise one error naming every offending key.
+    """Build our state dict from theirs by ``mapping`` (ours <- theirs, expanded, as
+    :meth:`KeyMap.expand` gives it), or raise one error naming every offending key; source keys
+    used by nothing must match a regex of ``dropped``.
 
     Every source tensor's shape and dtype is checked against ``expected`` (our shapes, from
     the config) before any data is read or concatenated: of n sources concatenated on dim 0,
@@ -92,7 +95,7 @@ def map_state(
     problems: list[str] = []
     plan: dict[str, tuple[str, ...]] = {}
     used: set[str] = set()
-    for our_key, sources in keymap.expand(n_layers).items():
+    for our_key, sources in mapping.items():
         if our_key not in expected:
             continue  # an optional part we did not build (the pooler)
         used.update(s for s in sources if s in weights.specs)
@@ -117,12 +120,10 @@ def map_state(
                 fits = False
         if fits:
             plan[our_key] = sources
-    dropped = {
-        k
-        for k in weights.specs
-        if k not in used and any(re.fullmatch(p, k) for p in keymap.dropped)
+    skipped = {
+        k for k in weights.specs if k not in used and any(re.fullmatch(p, k) for p in dropped)
     }
-    unused = sorted(set(weights.specs) - used - dropped)
+    unused = sorted(set(weights.specs) - used - skipped)
     if unused:
         problems.append(f"unexpected keys, used by nothing: {', '.join(unused)}")
     tensors = weights.read(s for sources in plan.values() for s in sources)
@@ -133,12 +134,12 @@ def map_state(
         raise PretrainedError(
             f"{source}: the weights do not match the config:\n  " + "\n  ".join(problems)
         )
-    if dropped:
+    if skipped:
         log.info(
-            "%s: dropped %d keys used by no encoder part: %s",
+            "%s: dropped %d keys used by no part of the model: %s",
             source,
-            len(dropped),
-            ", ".join(sorted(dropped)),
+            len(skipped),
+            ", ".join(sorted(skipped)),
         )
     return {
         our_key: torch.cat([tensors[s] for s in sources], dim=0)
