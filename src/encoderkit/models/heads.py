@@ -220,8 +220,12 @@ def check_labels(labels: Sequence[str] | None, num_classes: int) -> tuple[str, .
     return tuple(labels)
 
 
-def _head_dropout(head: HeadConfig, dropout: float) -> float:
-    return dropout if head.dropout is None else head.dropout
+def _classification_head(
+    config: TextConfig | VisionConfig, num_classes: int, head: HeadConfig
+) -> ClassificationHead:
+    """``head``'s layers on an encoder of ``config``, its defaults the encoder's (dropout, eps)."""
+    dropout = config.dropout if head.dropout is None else head.dropout
+    return ClassificationHead(config.d_model, num_classes, dropout, head, config.layer_norm_eps)
 
 
 class SequenceClassifier(nn.Module):
@@ -250,10 +254,7 @@ class SequenceClassifier(nn.Module):
         self.labels = check_labels(labels, num_classes)
         self.problem_type = problem_type
         self.encoder = TextEncoder(config)
-        dropout = _head_dropout(self.head_config, config.dropout)
-        self.head = ClassificationHead(
-            config.d_model, num_classes, dropout, self.head_config, config.layer_norm_eps
-        )
+        self.head = _classification_head(config, num_classes, self.head_config)
 
     def forward(
         self,
@@ -287,10 +288,7 @@ class TokenClassifier(nn.Module):
         self.head_config = HeadConfig() if head is None else head
         self.labels = check_labels(labels, num_classes)
         self.encoder = TextEncoder(config)
-        dropout = _head_dropout(self.head_config, config.dropout)
-        self.head = ClassificationHead(
-            config.d_model, num_classes, dropout, self.head_config, config.layer_norm_eps
-        )
+        self.head = _classification_head(config, num_classes, self.head_config)
 
     def forward(
         self,
@@ -363,14 +361,9 @@ class ImageClassifier(nn.Module):
         self.pooling: Pooling = pooling
         self.labels = check_labels(labels, num_classes)
         self.encoder = VisionEncoder(config)
-        dropout = _head_dropout(self.head_config, config.dropout)
-        self.head = ClassificationHead(
-            config.d_model, num_classes, dropout, self.head_config, config.layer_norm_eps
-        )
+        self.head = _classification_head(config, num_classes, self.head_config)
         self.distill_head = (
-            ClassificationHead(
-                config.d_model, num_classes, dropout, self.head_config, config.layer_norm_eps
-            )
+            _classification_head(config, num_classes, self.head_config)
             if distillation_head
             else None
         )

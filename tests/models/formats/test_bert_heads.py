@@ -9,7 +9,14 @@ import logging
 
 import pytest
 import torch
-from reference import padding_mask
+from models.formats.helpers import (
+    TEXT_SIZE,
+    edit_config,
+    hf_output,
+    padded_batch,
+    perturbed,
+    saved_reference,
+)
 from safetensors.torch import load_file, save_file
 
 from encoderkit import PretrainedError, TextConfig, TextEncoder, load_pretrained, save_pretrained
@@ -19,51 +26,22 @@ transformers = pytest.importorskip("transformers", reason="transformers is the r
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
 ATOL = 1e-5
-SIZE = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=37, max_position_embeddings=24)  # fmt: skip
+SIZE = TEXT_SIZE
 CONFIG = TextConfig(d_model=32, n_heads=4, d_ff=37, n_layers=2, vocab_size=99, max_positions=24)
-
-
-def perturbed(model, seed=1):
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return model.eval()
-
-
-def batch():
-    g = torch.Generator().manual_seed(2)
-    mask = padding_mask([11, 7, 2], 11)
-    ids = torch.randint(1, 99, (3, 11), generator=g).masked_fill(~mask, 0)
-    return ids, mask, ((torch.arange(11) >= 4)[None] & mask).long()
-
-
-def edit_config(directory, **changes):
-    path = directory / "config.json"
-    path.write_text(json.dumps(json.loads(path.read_text()) | changes))
-
-
-def logits_of(model, ids, mask, segments):
-    with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask.long(), token_type_ids=segments)
-    return out.logits
 
 
 def test_a_pre_training_checkpoint_loads_as_masked_lm_dropping_the_nsp_head(tmp_path):
     """bert-base-uncased's file: BertForPreTraining's keys (pooler, next-sentence head) under
     architectures ["BertForMaskedLM"]; transformers' BertForMaskedLM ignores the extras."""
-    torch.manual_seed(0)
-    pretraining = perturbed(transformers.BertForPreTraining(transformers.BertConfig(**SIZE)))
-    pretraining.save_pretrained(tmp_path)
+    saved_reference(transformers.BertForPreTraining, transformers.BertConfig(**SIZE), tmp_path)
     edit_config(tmp_path, architectures=["BertForMaskedLM"])
     theirs = transformers.BertForMaskedLM.from_pretrained(tmp_path).eval()
     ours = load_pretrained(tmp_path)
     assert isinstance(ours, MaskedLM) and ours.encoder.pooler is None
-    ids, mask, segments = batch()
+    ids, mask, segments = padded_batch()
     with torch.no_grad():
         out = ours(ids, mask, segments)
-    ref = logits_of(theirs, ids, mask, segments)
+    ref = hf_output(theirs, ids, mask, segments)
     torch.testing.assert_close(out[mask], ref[mask], atol=ATOL, rtol=0)
     encoder = load_pretrained(tmp_path, head=False)  # the encoder keeps the pooler it has
     assert isinstance(encoder, TextEncoder) and encoder.pooler is not None
@@ -100,10 +78,10 @@ def test_heads_we_build_are_saved_as_bert_with_equal_logits(tmp_path, kind):
     save_pretrained(perturbed(ours), tmp_path)
     theirs, info = cls.from_pretrained(tmp_path, output_loading_info=True)
     assert not any(info.values())  # nothing missing, unexpected or mismatched
-    ids, mask, segments = batch()
+    ids, mask, segments = padded_batch()
     with torch.no_grad():
         out = ours(ids, mask, segments)
-    ref = logits_of(theirs.eval(), ids, mask, segments)
+    ref = hf_output(theirs.eval(), ids, mask, segments)
     rows = slice(None) if kind == "sequence" else mask
     torch.testing.assert_close(out[rows], ref[rows], atol=ATOL, rtol=0)
     back = load_pretrained(tmp_path)

@@ -5,11 +5,21 @@ same outputs, and refused with the field or key named."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 
 import pytest
 import torch
+from models.formats.helpers import (
+    VISION_SIZE,
+    assert_same_weights,
+    edit_config,
+    perturbed,
+    pixels,
+    read_config,
+    saved_reference,
+    tensor_names,
+    vision_outputs,
+)
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -27,41 +37,15 @@ transformers = pytest.importorskip("transformers", reason="transformers is the r
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
 ATOL = 1e-5
-SIZE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            image_size=16, patch_size=4)  # fmt: skip
-
-
-def perturbed(model):
-    """Every parameter off its init (DeiT's tokens and positions start at 0), in eval mode."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return model.eval()
-
-
-def pixels(height=16, width=16, seed=2):
-    return torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(seed))
-
-
-def keys(directory):
-    with safe_open(str(directory / "model.safetensors"), framework="pt") as f:
-        return set(f.keys())
-
-
-def edit_config(directory, **changes):
-    path = directory / "config.json"
-    path.write_text(json.dumps(json.loads(path.read_text()) | changes))
+SIZE = VISION_SIZE
 
 
 @pytest.fixture(scope="module")
 def deit_dir(tmp_path_factory):
     """A DeiTModel (with its pooler) saved by transformers, and that model."""
-    torch.manual_seed(0)
-    theirs = perturbed(transformers.DeiTModel(transformers.DeiTConfig(**SIZE)))
     directory = tmp_path_factory.mktemp("deit")
-    theirs.save_pretrained(directory)
-    return directory, theirs
+    config = transformers.DeiTConfig(**SIZE)  # its tokens and positions start at 0: perturbed
+    return directory, saved_reference(transformers.DeiTModel, config, directory)
 
 
 @pytest.mark.parametrize("size", [(16, 16), (24, 20)], ids=["trained", "resized"])
@@ -72,27 +56,25 @@ def test_deit_loads_with_outputs_equal_to_transformers(deit_dir, size):
     assert ours.config.distillation_token and ours.prefix == 2
     assert ours.config.layer_norm_eps == 1e-12  # DeiT's default, as the file says
     x = pixels(*size)
-    with torch.no_grad():
-        ref = theirs(x, interpolate_pos_encoding=size != (16, 16))
-        out = ours(x)
-        pooled = ours.pool(out)
+    out, pooled = vision_outputs(ours, x)
+    ref, ref_pooled = vision_outputs(theirs, x, resized=size != (16, 16))
     assert out.shape == (2, 2 + (size[0] // 4) * (size[1] // 4), 32)
-    torch.testing.assert_close(out, ref.last_hidden_state, atol=ATOL, rtol=0)
-    torch.testing.assert_close(pooled, ref.pooler_output, atol=ATOL, rtol=0)
+    torch.testing.assert_close(out, ref, atol=ATOL, rtol=0)
+    torch.testing.assert_close(pooled, ref_pooled, atol=ATOL, rtol=0)
 
 
 def test_deit_saved_back_loads_in_transformers_with_the_same_outputs(deit_dir, tmp_path):
     directory, theirs = deit_dir
     save_pretrained(load_pretrained(directory), tmp_path)
-    assert keys(tmp_path) == keys(directory)
-    written = json.loads((tmp_path / "config.json").read_text())
+    assert tensor_names(tmp_path) == tensor_names(directory)
+    written = read_config(tmp_path)
     assert (written["model_type"], written["architectures"]) == ("deit", ["DeiTModel"])
     back = transformers.DeiTModel.from_pretrained(tmp_path).eval()
     x = pixels()
-    with torch.no_grad():
-        ref, out = theirs(x), back(x)
-    torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, atol=ATOL, rtol=0)
-    torch.testing.assert_close(out.pooler_output, ref.pooler_output, atol=ATOL, rtol=0)
+    out, pooled = vision_outputs(back, x)
+    ref, ref_pooled = vision_outputs(theirs, x)
+    torch.testing.assert_close(out, ref, atol=ATOL, rtol=0)
+    torch.testing.assert_close(pooled, ref_pooled, atol=ATOL, rtol=0)
 
 
 def test_our_deit_round_trips_bit_for_bit(tmp_path):
@@ -103,8 +85,7 @@ def test_our_deit_round_trips_bit_for_bit(tmp_path):
     save_pretrained(ours, tmp_path)
     back = load_pretrained(tmp_path)
     assert back.config == config
-    a, b = ours.state_dict(), back.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(ours, back)
 
 
 def test_a_deit_without_its_distillation_token_names_the_key(deit_dir, tmp_path):

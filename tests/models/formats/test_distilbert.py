@@ -6,13 +6,20 @@ or key."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 
 import pytest
 import torch
-from reference import padding_mask
-from safetensors.torch import load_file, save_file
+from models.formats.helpers import (
+    assert_same_weights,
+    edited_copy,
+    encoder_of,
+    loads_cleanly,
+    max_difference_to,
+    padded_batch,
+    read_config,
+    saved_reference,
+)
 
 from encoderkit import PretrainedError, TextEncoder, load_pretrained, save_pretrained
 from encoderkit.layers.positions import SinusoidalPositionalEncoding
@@ -41,51 +48,25 @@ def hf_config(**changes):
     )  # fmt: skip
 
 
-def perturbed(model):
-    """Every parameter off its init (LayerNorms 1 / 0, zero biases), so a swapped or missed
-    tensor shows in the outputs; in eval mode."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return model.eval()
-
-
-def batch():
-    """A right-padded batch, lengths 11, 7 and 2, padded with the pad id 0."""
-    mask = padding_mask([11, 7, 2], 11)
-    ids = torch.randint(1, 99, (3, 11), generator=torch.Generator().manual_seed(2))
-    return ids.masked_fill(~mask, 0), mask
-
-
 def worst(theirs, ours):
-    """The largest difference of their output and ours, over real tokens where per token."""
-    ids, mask = batch()
-    with torch.no_grad():
-        out = theirs(input_ids=ids, attention_mask=mask.long())
-        ref = out.logits if hasattr(out, "logits") else out.last_hidden_state
-        got = ours(ids, mask)
-    assert got.shape == ref.shape
-    if ref.dim() == 3:
-        got, ref = got[mask], ref[mask]
-    return (got - ref).abs().max().item()
+    """The largest difference of their output and ours on the right-padded batch (lengths 11, 7
+    and 2), over real tokens where per token; DistilBERT reads no segments."""
+    ids, mask, _ = padded_batch()
+    return max_difference_to(theirs, ours, ids, mask)
 
 
 @pytest.fixture(scope="module", params=list(CASES))
 def checkpoint(request, tmp_path_factory):
     """A perturbed transformers model of each class, and the directory it saved itself to."""
-    torch.manual_seed(0)
-    theirs = perturbed(getattr(transformers, request.param)(hf_config()))
     directory = tmp_path_factory.mktemp(request.param)
-    theirs.save_pretrained(directory)
-    return theirs, directory
+    return saved_reference(getattr(transformers, request.param), hf_config(), directory), directory
 
 
 def test_loads_with_outputs_equal_to_transformers(checkpoint):
     theirs, directory = checkpoint
     ours = load_pretrained(directory)
     assert type(ours) is CASES[type(theirs).__name__]
-    encoder = ours if isinstance(ours, TextEncoder) else ours.encoder
+    encoder = encoder_of(ours)
     c = encoder.config
     assert (c.d_model, c.n_heads, c.d_ff, c.n_layers, c.activation) == (32, 4, 37, 2, "relu")
     assert (c.type_vocab_size, c.layer_norm_eps, c.norm_first, encoder.pooler) == (
@@ -103,7 +84,7 @@ def test_loads_with_outputs_equal_to_transformers(checkpoint):
 
 def test_padded_positions_of_the_encoder_are_zero(checkpoint):
     ours = load_pretrained(checkpoint[1], head=False)
-    ids, mask = batch()
+    ids, mask, _ = padded_batch()
     with torch.no_grad():
         assert (ours(ids, mask)[~mask] == 0).all()
 
@@ -112,20 +93,16 @@ def test_saved_back_the_same_transformers_class_has_the_same_outputs(checkpoint,
     theirs, directory = checkpoint
     ours = load_pretrained(directory)
     save_pretrained(ours, tmp_path)  # DistilBERT by default: BERT refuses no segments
-    written = json.loads((tmp_path / "config.json").read_text())
+    written = read_config(tmp_path)
     assert (written["model_type"], written["architectures"]) == (
         "distilbert", [type(theirs).__name__],
     )  # fmt: skip
-    back, info = type(theirs).from_pretrained(tmp_path, output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"]
-    assert not info["mismatched_keys"]
-    assert worst(back.eval(), ours) <= ATOL
+    back = loads_cleanly(type(theirs), tmp_path)  # nothing missing, unexpected or mismatched
+    assert worst(back, ours) <= ATOL
     if isinstance(ours, SequenceClassifier):
         assert back.config.seq_classif_dropout == 0.3
         assert back.config.id2label == dict(enumerate(LABELS))
-    again = load_pretrained(tmp_path)  # and ours reads its own file back, tensor for tensor
-    a, b = ours.state_dict(), again.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(ours, load_pretrained(tmp_path))  # ours reads its own file back
 
 
 def test_the_sinusoidal_table_loads_as_the_learned_one_it_is_stored_as(tmp_path):
@@ -140,9 +117,8 @@ def test_the_sinusoidal_table_loads_as_the_learned_one_it_is_stored_as(tmp_path)
     assert torch.equal(table, SinusoidalPositionalEncoding(32, 24).table)
     assert worst(theirs, ours) <= ATOL
     save_pretrained(ours, tmp_path / "back")
-    assert json.loads((tmp_path / "back" / "config.json").read_text())["sinusoidal_pos_embds"] is (
-        False  # the same table, now stored as learned: transformers reads it as it is
-    )
+    # the same table, now stored as learned: transformers reads it as it is
+    assert read_config(tmp_path / "back")["sinusoidal_pos_embds"] is False
     assert worst(transformers.DistilBertModel.from_pretrained(tmp_path / "back").eval(), ours) <= (
         ATOL
     )
@@ -153,20 +129,9 @@ def test_the_sinusoidal_table_loads_as_the_learned_one_it_is_stored_as(tmp_path)
 
 @pytest.fixture(scope="module")
 def distil_dir(tmp_path_factory):
-    torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("distilbert_plain")
-    perturbed(transformers.DistilBertModel(hf_config())).save_pretrained(directory)
+    saved_reference(transformers.DistilBertModel, hf_config(), directory)
     return directory
-
-
-def edited_copy(source, target, config=None, weights=None):
-    """``source``'s checkpoint in ``target``, config.json updated by ``config`` and the tensors
-    passed through ``weights``."""
-    hf = json.loads((source / "config.json").read_text()) | (config or {})
-    (target / "config.json").write_text(json.dumps(hf))
-    tensors = load_file(source / "model.safetensors")
-    save_file(weights(tensors) if weights else tensors, target / "model.safetensors")
-    return target
 
 
 @pytest.mark.parametrize(

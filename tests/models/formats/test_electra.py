@@ -7,13 +7,21 @@ name the field or key."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 
 import pytest
 import torch
-from reference import padding_mask
-from safetensors.torch import load_file, save_file
+from models.formats.helpers import (
+    TEXT_SIZE,
+    assert_same_weights,
+    edited_copy,
+    encoder_of,
+    loads_cleanly,
+    max_difference_to,
+    padded_batch,
+    read_config,
+    saved_reference,
+)
 
 from encoderkit import PretrainedError, TextEncoder, load_pretrained, save_pretrained
 from encoderkit.models.formats import electra
@@ -42,35 +50,10 @@ def hf_config(embedding_size=16, **changes):
     )  # fmt: skip
 
 
-def perturbed(model):
-    """Every parameter off its init (LayerNorms 1 / 0, zero biases), so a swapped or missed
-    tensor shows in the outputs; in eval mode."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return model.eval()
-
-
-def batch():
-    """A right-padded batch, lengths 11, 7 and 2, padded with the pad id 0, two segments."""
-    mask = padding_mask([11, 7, 2], 11)
-    ids = torch.randint(1, 99, (3, 11), generator=torch.Generator().manual_seed(2))
-    segments = ((torch.arange(11) >= 4)[None] & mask).long()
-    return ids.masked_fill(~mask, 0), mask, segments
-
-
 def worst(theirs, ours):
-    """The largest difference of their output and ours, over real tokens where per token."""
-    ids, mask, segments = batch()
-    with torch.no_grad():
-        out = theirs(input_ids=ids, attention_mask=mask.long(), token_type_ids=segments)
-        ref = out.logits if hasattr(out, "logits") else out.last_hidden_state
-        got = ours(ids, mask, segments)
-    assert got.shape == ref.shape
-    if ref.dim() == 3:
-        got, ref = got[mask], ref[mask]
-    return (got - ref).abs().max().item()
+    """The largest difference of their output and ours on the right-padded batch (lengths 11, 7
+    and 2, two segments), over real tokens where per token."""
+    return max_difference_to(theirs, ours, *padded_batch())
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[f"{n}-{w}" for n, w in CASES])
@@ -78,18 +61,15 @@ def checkpoint(request, tmp_path_factory):
     """A perturbed transformers model of each class and embedding size, and the directory it
     saved itself to."""
     name, width = request.param
-    torch.manual_seed(0)
-    theirs = perturbed(getattr(transformers, name)(hf_config(width)))
     directory = tmp_path_factory.mktemp(name)
-    theirs.save_pretrained(directory)
-    return theirs, directory
+    return saved_reference(getattr(transformers, name), hf_config(width), directory), directory
 
 
 def test_loads_with_outputs_equal_to_transformers(checkpoint):
     theirs, directory = checkpoint
     ours = load_pretrained(directory)
     assert type(ours) is CLASSES[type(theirs).__name__]
-    encoder = ours if isinstance(ours, TextEncoder) else ours.encoder
+    encoder = encoder_of(ours)
     width = theirs.config.embedding_size
     assert encoder.config.embedding_size == width and encoder.pooler is None
     assert (encoder.embed_proj is None) == (width == 32)
@@ -107,7 +87,7 @@ def test_loads_with_outputs_equal_to_transformers(checkpoint):
 
 def test_padded_positions_of_the_encoder_are_zero(checkpoint):
     ours = load_pretrained(checkpoint[1], head=False)
-    ids, mask, segments = batch()
+    ids, mask, segments = padded_batch()
     with torch.no_grad():
         assert (ours(ids, mask, segments)[~mask] == 0).all()
 
@@ -116,27 +96,21 @@ def test_saved_back_the_same_transformers_class_has_the_same_outputs(checkpoint,
     theirs, directory = checkpoint
     ours = load_pretrained(directory)
     save_pretrained(ours, tmp_path)  # ELECTRA by default: BERT refuses an embedding_size
-    written = json.loads((tmp_path / "config.json").read_text())
+    written = read_config(tmp_path)
     assert (written["model_type"], written["architectures"]) == (
         "electra", [type(theirs).__name__],
     )  # fmt: skip
     assert written["embedding_size"] == theirs.config.embedding_size
-    back, info = type(theirs).from_pretrained(tmp_path, output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"]
-    assert not info["mismatched_keys"]
-    assert worst(back.eval(), ours) <= ATOL
+    back = loads_cleanly(type(theirs), tmp_path)  # nothing missing, unexpected or mismatched
+    assert worst(back, ours) <= ATOL
     if isinstance(ours, SequenceClassifier):
         assert back.config.classifier_dropout == 0.2
         assert back.config.id2label == dict(enumerate(LABELS))
-    again = load_pretrained(tmp_path)  # and ours reads its own file back, tensor for tensor
-    a, b = ours.state_dict(), again.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(ours, load_pretrained(tmp_path))  # ours reads its own file back
 
 
 def test_the_discriminator_loads_its_encoder_with_head_false(tmp_path):
-    torch.manual_seed(0)
-    theirs = perturbed(transformers.ElectraForPreTraining(hf_config()))
-    theirs.save_pretrained(tmp_path)
+    theirs = saved_reference(transformers.ElectraForPreTraining, hf_config(), tmp_path)
     with pytest.raises(PretrainedError) as error:
         load_pretrained(tmp_path)
     assert "architectures[0] 'ElectraForPreTraining' is not supported for model_type " in (
@@ -149,13 +123,8 @@ def test_the_discriminator_loads_its_encoder_with_head_false(tmp_path):
 
 
 def test_a_plain_encoder_can_be_written_as_electra_on_request(tmp_path):
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=37, max_position_embeddings=24, hidden_act="gelu_new",
-    )  # fmt: skip
-    theirs = perturbed(transformers.BertModel(config, add_pooling_layer=False))
-    theirs.save_pretrained(tmp_path)
+    config = transformers.BertConfig(**TEXT_SIZE, hidden_act="gelu_new")
+    saved_reference(transformers.BertModel, config, tmp_path, add_pooling_layer=False)
     ours = load_pretrained(tmp_path)
     assert ours.config.embedding_size is None
     save_pretrained(ours, tmp_path / "electra", model_type="electra")
@@ -169,20 +138,9 @@ def test_a_plain_encoder_can_be_written_as_electra_on_request(tmp_path):
 
 @pytest.fixture(scope="module")
 def electra_dir(tmp_path_factory):
-    torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("electra_plain")
-    perturbed(transformers.ElectraModel(hf_config())).save_pretrained(directory)
+    saved_reference(transformers.ElectraModel, hf_config(), directory)
     return directory
-
-
-def edited_copy(source, target, config=None, weights=None):
-    """``source``'s checkpoint in ``target``, config.json updated by ``config`` and the tensors
-    passed through ``weights``."""
-    hf = json.loads((source / "config.json").read_text()) | (config or {})
-    (target / "config.json").write_text(json.dumps(hf))
-    tensors = load_file(source / "model.safetensors")
-    save_file(weights(tensors) if weights else tensors, target / "model.safetensors")
-    return target
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,18 @@ import logging
 
 import pytest
 import torch
-from reference import padding_mask
+from models.formats.helpers import (
+    assert_same_weights,
+    edited_copy,
+    encoder_of,
+    loads_cleanly,
+    max_difference_to,
+    padded_ids,
+    perturbed,
+    read_config,
+    saved_reference,
+    tensor_names,
+)
 from safetensors.torch import load_file, save_file
 
 from encoderkit import PretrainedError, TextConfig, TextEncoder, load_pretrained, save_pretrained
@@ -60,49 +71,21 @@ def hf_config(**changes):
     return transformers.ModernBertConfig(**(fields | changes))
 
 
-def perturbed(model, seed=1):
-    """Every parameter off its init (LayerNorms 1 / 0, zero biases), so a swapped or missed
-    tensor shows in the outputs; in eval mode. By 0.2, not the 0.3 of the post-norm families:
-    a pre-norm residual stream grows, and at 0.3 the logits reach 5 and fp32 rounding alone
-    (ours in float32 against ours in float64) reaches 1e-5."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-    return model.eval()
+# By 0.2, not the 0.3 of the post-norm families: a pre-norm residual stream grows, and at 0.3 the
+# logits reach 5 and fp32 rounding alone (ours in float32 against ours in float64) reaches 1e-5.
+SCALE = 0.2
 
 
 def batches():
     """A right-padded batch (lengths 16, 11, 3, padded with the pad id 0) and an unpadded one."""
-    mask = padding_mask([16, 11, 3], 16)
-    ids = torch.randint(1, 60, (3, 16), generator=torch.Generator().manual_seed(2))
     full = torch.randint(1, 60, (2, 13), generator=torch.Generator().manual_seed(3))
-    return [(ids.masked_fill(~mask, 0), mask), (full, None)]
-
-
-def theirs_out(theirs, ids, mask):
-    with torch.no_grad():
-        out = theirs(input_ids=ids, attention_mask=None if mask is None else mask.long())
-    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+    return [padded_ids([16, 11, 3], 16, vocab=60), (full, None)]
 
 
 def worst(theirs, ours):
     """The largest difference of their outputs and ours over both batches, over real tokens
     where per token (transformers leaves padded positions unspecified)."""
-    diffs = []
-    for ids, mask in batches():
-        ref = theirs_out(theirs, ids, mask)
-        with torch.no_grad():
-            got = ours(ids, mask)
-        assert got.shape == ref.shape
-        if ref.dim() == 3 and mask is not None:
-            got, ref = got[mask], ref[mask]
-        diffs.append((got - ref).abs().max().item())
-    return max(diffs)
-
-
-def encoder_of(model):
-    return model if isinstance(model, TextEncoder) else model.encoder
+    return max(max_difference_to(theirs, ours, ids, mask) for ids, mask in batches())
 
 
 def rebuilt(model, **changes):
@@ -123,10 +106,8 @@ def rebuilt(model, **changes):
 
 
 def save_theirs(name, variant, directory):
-    torch.manual_seed(0)
-    theirs = perturbed(getattr(transformers, name)(hf_config(**VARIANTS[variant])))
-    theirs.save_pretrained(directory)
-    return theirs
+    config = hf_config(**VARIANTS[variant])
+    return saved_reference(getattr(transformers, name), config, directory, scale=SCALE)
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[f"{n}-{v}" for n, v in CASES])
@@ -181,17 +162,13 @@ def test_saved_back_the_same_transformers_class_has_the_same_outputs(checkpoint,
     theirs, directory = checkpoint
     ours = load_pretrained(directory)
     save_pretrained(ours, tmp_path)  # ModernBERT by default: BERT refuses rotary positions
-    written = json.loads((tmp_path / "config.json").read_text())
+    written = read_config(tmp_path)
     assert (written["model_type"], written["architectures"]) == (
         "modernbert", [type(theirs).__name__],
     )  # fmt: skip
     # the same tensors under the same names as transformers' own file
-    assert load_file(tmp_path / "model.safetensors").keys() == (
-        load_file(directory / "model.safetensors").keys()
-    )
-    back, info = type(theirs).from_pretrained(tmp_path, output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"]
-    assert not info["mismatched_keys"]
+    assert tensor_names(tmp_path) == tensor_names(directory)
+    back = loads_cleanly(type(theirs), tmp_path)  # nothing missing, unexpected or mismatched
     assert back.config.layer_types == theirs.config.layer_types
     assert back.config.rope_parameters == theirs.config.rope_parameters
     keys = ["local_attention", "norm_bias", "hidden_activation", "norm_eps"]
@@ -202,14 +179,13 @@ def test_saved_back_the_same_transformers_class_has_the_same_outputs(checkpoint,
     )
     for key in keys:
         assert getattr(back.config, key) == getattr(theirs.config, key), key
-    assert worst(back.eval(), ours) <= ATOL
+    assert worst(back, ours) <= ATOL
     if isinstance(ours, (SequenceClassifier, TokenClassifier)):
         assert back.config.id2label == dict(enumerate(LABELS))
         assert back.config.classifier_dropout == theirs.config.classifier_dropout
     again = load_pretrained(tmp_path)  # and ours reads its own file back, tensor for tensor
     assert type(again) is type(ours) and encoder_of(again).config == encoder_of(ours).config
-    a, b = ours.state_dict(), again.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(ours, again)
 
 
 def test_head_false_gives_the_encoder_of_any_checkpoint(checkpoint):
@@ -273,7 +249,7 @@ def test_the_older_spelling_of_the_pattern_and_bases_loads_alike(plain, tmp_path
     local_rope_theta, without layer_types and rope_parameters (and, as ModernBERT-base's,
     a stray position_embedding_type that nothing reads)."""
     _, directory = plain
-    hf = json.loads((directory / "config.json").read_text())
+    hf = read_config(directory)
     del hf["layer_types"], hf["rope_parameters"]
     hf |= {"global_attn_every_n_layers": 3, "global_rope_theta": 500.0,
            "local_rope_theta": 40.0, "position_embedding_type": "absolute"}  # fmt: skip
@@ -305,15 +281,14 @@ def test_our_own_models_save_to_files_transformers_computes_alike(tmp_path, chan
     config = TextConfig(**(fields | changes))
     assert [config.is_local(i) for i in range(3)] == local
     torch.manual_seed(0)
-    ours = perturbed(TextEncoder(config))
+    ours = perturbed(TextEncoder(config), scale=SCALE)
     save_pretrained(ours, tmp_path)
-    theirs, info = transformers.ModernBertModel.from_pretrained(tmp_path, output_loading_info=True)
-    assert not any(info.values())
+    theirs = loads_cleanly(transformers.ModernBertModel, tmp_path)
     types = ["sliding_attention" if x else "full_attention" for x in local]
     assert theirs.config.layer_types == types
-    assert worst(theirs.eval(), ours) <= ATOL
+    assert worst(theirs, ours) <= ATOL
     assert modernbert.config_from_hf(
-        json.loads((tmp_path / "config.json").read_text()), has_pooler=False
+        read_config(tmp_path), has_pooler=False
     ) == dataclasses.replace(
         config,
         local_rope_base=None if config.local_rope_base == 300.0 else config.local_rope_base,
@@ -322,16 +297,6 @@ def test_our_own_models_save_to_files_transformers_computes_alike(tmp_path, chan
 
 
 # ---- what is refused, and how it is named --------------------------------------------------
-
-
-def edited_copy(source, target, config=None, weights=None):
-    """``source``'s checkpoint in ``target``, config.json updated by ``config`` and the tensors
-    passed through ``weights``."""
-    hf = json.loads((source / "config.json").read_text()) | (config or {})
-    (target / "config.json").write_text(json.dumps(hf))
-    tensors = load_file(source / "model.safetensors")
-    save_file(weights(tensors) if weights else tensors, target / "model.safetensors")
-    return target
 
 
 @pytest.fixture(scope="module")

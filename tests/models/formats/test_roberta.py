@@ -4,12 +4,19 @@ classifier head, and config.json fields refused with the field named."""
 
 from __future__ import annotations
 
-import json
 import logging
 
 import pytest
 import torch
-from reference import padding_mask
+from models.formats.helpers import (
+    TEXT_SIZE,
+    edit_config,
+    loads_cleanly,
+    padded_ids,
+    perturbed,
+    read_config,
+    saved_reference,
+)
 
 from encoderkit import PretrainedError, TextConfig, TextEncoder, load_pretrained, save_pretrained
 from encoderkit.models.heads import HeadConfig, MaskedLM, SequenceClassifier
@@ -19,33 +26,16 @@ transformers = pytest.importorskip("transformers", reason="transformers is the r
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
 ATOL = 1e-5
-SIZE = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=37, max_position_embeddings=24, type_vocab_size=1,
-            layer_norm_eps=1e-5)  # fmt: skip
+SIZE = TEXT_SIZE | dict(type_vocab_size=1, layer_norm_eps=1e-5)
 PAD = 1  # RoBERTa's
-
-
-def perturbed(model, seed=1):
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return model.eval()
-
-
-def edit_config(directory, **changes):
-    path = directory / "config.json"
-    path.write_text(json.dumps(json.loads(path.read_text()) | changes))
 
 
 @pytest.fixture(scope="module")
 def roberta(tmp_path_factory):
     """A RobertaModel saved by transformers, and that model."""
-    torch.manual_seed(0)
-    theirs = perturbed(transformers.RobertaModel(transformers.RobertaConfig(**SIZE)))
     directory = tmp_path_factory.mktemp("roberta")
-    theirs.save_pretrained(directory)
-    return directory, theirs
+    config = transformers.RobertaConfig(**SIZE)
+    return directory, saved_reference(transformers.RobertaModel, config, directory)
 
 
 @pytest.fixture
@@ -56,12 +46,9 @@ def roberta_dir(roberta, tmp_path):
     return tmp_path
 
 
-def ids_of(lengths, T, left=False, seed=3, vocab=99):
-    mask = padding_mask(lengths, T)
-    if left:
-        mask = mask.flip(1)
-    ids = torch.randint(3, vocab, (len(lengths), T), generator=torch.Generator().manual_seed(seed))
-    return ids.masked_fill(~mask, PAD), mask
+def ids_of(lengths, T, left=False, vocab=99):
+    """Ids from 3 on (past <s>, <pad> and </s>), padded with RoBERTa's pad id."""
+    return padded_ids(lengths, T, low=3, vocab=vocab, pad=PAD, seed=3, left=left)
 
 
 def test_positions_start_after_the_padding_index(roberta):
@@ -118,13 +105,12 @@ def test_a_model_whose_positions_start_after_the_pad_is_saved_as_roberta(tmp_pat
         ("default", transformers.RobertaModel, "roberta"),
         ("xlm", transformers.XLMRobertaModel, "xlm-roberta"),
     ):
-        written = json.loads((tmp_path / name / "config.json").read_text())
+        written = read_config(tmp_path / name)
         assert written["model_type"] == model_type
         assert written["max_position_embeddings"] == 18 and written["pad_token_id"] == PAD
-        theirs, info = cls.from_pretrained(tmp_path / name, output_loading_info=True)
-        assert not any(info.values())
+        theirs = loads_cleanly(cls, tmp_path / name)
         with torch.no_grad():
-            ref = theirs.eval()(input_ids=ids, attention_mask=mask.long())
+            ref = theirs(input_ids=ids, attention_mask=mask.long())
         torch.testing.assert_close(out[mask], ref.last_hidden_state[mask], atol=ATOL, rtol=0)
         torch.testing.assert_close(ours.pool(out), ref.pooler_output, atol=ATOL, rtol=0)
     assert config_to_hf(ours.config)["model_type"] == "roberta"
@@ -214,9 +200,8 @@ def test_an_older_file_with_the_tied_copies_loads(tmp_path):
     of the embeddings and lm_head.bias; they are dropped, as transformers does."""
     from safetensors.torch import load_file, save_file
 
-    torch.manual_seed(0)
-    theirs = perturbed(transformers.RobertaForMaskedLM(transformers.RobertaConfig(**SIZE)))
-    theirs.save_pretrained(tmp_path)
+    config = transformers.RobertaConfig(**SIZE)
+    theirs = saved_reference(transformers.RobertaForMaskedLM, config, tmp_path)
     state = load_file(tmp_path / "model.safetensors")
     state["lm_head.decoder.weight"] = state["roberta.embeddings.word_embeddings.weight"].clone()
     state["lm_head.decoder.bias"] = state["lm_head.bias"].clone()

@@ -5,12 +5,22 @@ outputs and labels."""
 
 from __future__ import annotations
 
-import json
 import logging
 
 import pytest
 import torch
-from reference import padding_mask
+from models.formats.helpers import (
+    TEXT_SIZE,
+    assert_same_weights,
+    encoder_of,
+    hf_output,
+    loads_cleanly,
+    max_difference,
+    padded_ids,
+    read_config,
+    saved_reference,
+    two_segments,
+)
 
 from encoderkit import PretrainedError, TextEncoder, load_pretrained, save_pretrained
 from encoderkit.models.heads import MaskedLM, SequenceClassifier, TokenClassifier
@@ -19,8 +29,7 @@ transformers = pytest.importorskip("transformers", reason="transformers is the r
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
 ATOL = 1e-5
-SIZE = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=37, max_position_embeddings=24)  # fmt: skip
+SIZE = TEXT_SIZE
 LABELS = ["negative", "neutral", "positive"]
 
 # family -> (config class, config changes, class prefix, model_type save_pretrained is told)
@@ -44,32 +53,11 @@ HEADS = {
 CASES = [(family, head) for family in FAMILIES for head in HEADS]
 
 
-def perturbed(model, seed=1):
-    """Every parameter off its init, so a swapped or missed tensor shows; in eval mode."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return model.eval()
-
-
 def batch(config):
-    """A right-padded batch (lengths 11, 7, 2) padded with the pad id, with two segments when the
-    model has them."""
-    g = torch.Generator().manual_seed(2)
-    mask = padding_mask([11, 7, 2], 11)
-    ids = torch.randint(3, config.vocab_size, (3, 11), generator=g)
-    ids = ids.masked_fill(~mask, config.pad_token_id)
-    segments = None
-    if config.type_vocab_size > 1:
-        segments = ((torch.arange(11) >= 4)[None] & mask).long()
-    return ids, mask, segments
-
-
-def run_theirs(theirs, ids, mask, segments):
-    with torch.no_grad():
-        out = theirs(input_ids=ids, attention_mask=mask.long(), token_type_ids=segments)
-    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+    """A right-padded batch (lengths 11, 7, 2) of ids from 3 on, padded with the pad id, with two
+    segments when the model has them."""
+    ids, mask = padded_ids([11, 7, 2], 11, low=3, vocab=config.vocab_size, pad=config.pad_token_id)
+    return ids, mask, two_segments(mask) if config.type_vocab_size > 1 else None
 
 
 def run_ours(ours, ids, mask, segments):
@@ -77,27 +65,14 @@ def run_ours(ours, ids, mask, segments):
         return ours(ids, mask, segments)
 
 
-def worst(ours_out, ref, mask):
-    """The largest difference, over real tokens for per-token outputs."""
-    if ref.dim() == 3:
-        ours_out, ref = ours_out[mask], ref[mask]
-    return (ours_out - ref).abs().max().item()
-
-
-def encoder(model):
-    return model if isinstance(model, TextEncoder) else model.encoder
-
-
 def save_theirs(family, head, tmp_path_factory):
     """A transformers model of the family and class, perturbed and saved; (dir, model, case)."""
     config_class, changes, prefix, _ = FAMILIES[family]
-    torch.manual_seed(0)
     config = config_class(
         **SIZE, **changes, id2label=dict(enumerate(LABELS)), attn_implementation="eager"
     )
-    theirs = perturbed(getattr(transformers, prefix + head)(config))
     directory = tmp_path_factory.mktemp(f"{family}{head}")
-    theirs.save_pretrained(directory)
+    theirs = saved_reference(getattr(transformers, prefix + head), config, directory)
     return directory, theirs, (family, head)
 
 
@@ -116,10 +91,10 @@ def test_loads_with_outputs_equal_to_transformers(checkpoint):
     ours = load_pretrained(directory)
     assert type(ours) is HEADS[head]
     ids, mask, segments = batch(theirs.config)
-    ref = run_theirs(theirs, ids, mask, segments)
+    ref = hf_output(theirs, ids, mask, segments)
     out = run_ours(ours, ids, mask, segments)
     assert out.shape == ref.shape
-    assert worst(out, ref, mask) <= ATOL
+    assert max_difference(out, ref, mask) <= ATOL
     if head not in ("Model", "ForMaskedLM"):
         assert ours.labels == tuple(LABELS)
 
@@ -130,23 +105,19 @@ def test_saved_back_loads_in_the_same_transformers_class_with_the_same_outputs(
     directory, theirs, (family, head) = checkpoint
     ours = load_pretrained(directory)
     save_pretrained(ours, tmp_path, model_type=FAMILIES[family][3])
-    written = json.loads((tmp_path / "config.json").read_text())
+    written = read_config(tmp_path)
     assert written["architectures"] == [type(theirs).__name__]
     assert written["model_type"] == family
-    cls = type(theirs)
-    back, info = cls.from_pretrained(tmp_path, output_loading_info=True)
-    assert info["missing_keys"] == set() or info["missing_keys"] == []
-    assert not info["unexpected_keys"] and not info["mismatched_keys"]
+    back = loads_cleanly(type(theirs), tmp_path)  # nothing missing, unexpected or mismatched
     ids, mask, segments = batch(theirs.config)
-    ref = run_theirs(back.eval(), ids, mask, segments)
-    assert worst(run_ours(ours, ids, mask, segments), ref, mask) <= ATOL
+    ref = hf_output(back, ids, mask, segments)
+    assert max_difference(run_ours(ours, ids, mask, segments), ref, mask) <= ATOL
     if head not in ("Model", "ForMaskedLM"):  # a masked-LM's classes are its vocabulary
         assert written["id2label"] == {str(i): name for i, name in enumerate(LABELS)}
         assert back.config.id2label == dict(enumerate(LABELS))
     again = load_pretrained(tmp_path)  # and ours reads its own file back, tensor for tensor
-    assert type(again) is type(ours) and encoder(again).config == encoder(ours).config
-    a, b = ours.state_dict(), again.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert type(again) is type(ours) and encoder_of(again).config == encoder_of(ours).config
+    assert_same_weights(ours, again)
 
 
 def test_head_false_gives_the_encoder_of_any_checkpoint(checkpoint):
@@ -157,7 +128,7 @@ def test_head_false_gives_the_encoder_of_any_checkpoint(checkpoint):
     base = theirs.base_model if theirs.base_model is not theirs else theirs
     with torch.no_grad():
         ref = base(input_ids=ids, attention_mask=mask.long(), token_type_ids=segments)
-    assert worst(run_ours(ours, ids, mask, segments), ref.last_hidden_state, mask) <= ATOL
+    assert max_difference(run_ours(ours, ids, mask, segments), ref.last_hidden_state, mask) <= ATOL
 
 
 def test_masked_lm_decoder_is_the_embedding_table(masked_lm):
@@ -187,10 +158,8 @@ def test_masked_lm_gradients_reach_the_table_through_the_decoder(masked_lm):
 
 
 def test_an_unsupported_architecture_is_named_and_head_false_loads_its_encoder(tmp_path):
-    torch.manual_seed(0)
     config = transformers.RobertaConfig(**SIZE, type_vocab_size=1)
-    theirs = perturbed(transformers.RobertaForQuestionAnswering(config))
-    theirs.save_pretrained(tmp_path)
+    theirs = saved_reference(transformers.RobertaForQuestionAnswering, config, tmp_path)
     with pytest.raises(PretrainedError) as info:
         load_pretrained(tmp_path)
     assert str(info.value) == (
@@ -203,4 +172,4 @@ def test_an_unsupported_architecture_is_named_and_head_false_loads_its_encoder(t
     ids, mask, _ = batch(config)
     with torch.no_grad():
         ref = theirs.roberta(input_ids=ids, attention_mask=mask.long()).last_hidden_state
-    assert worst(run_ours(ours, ids, mask, None), ref, mask) <= ATOL
+    assert max_difference(run_ours(ours, ids, mask, None), ref, mask) <= ATOL

@@ -11,6 +11,15 @@ import logging
 
 import pytest
 import torch
+from models.formats.helpers import (
+    VISION_SIZE,
+    assert_same_weights,
+    perturbed,
+    pixels,
+    read_config,
+    saved_reference,
+    tensor_names,
+)
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -28,28 +37,14 @@ logging.getLogger("transformers").setLevel(logging.ERROR)
 
 ATOL = 1e-5
 LABELS = ("cat", "dog", "bird")
-SIZE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            image_size=16, patch_size=4, hidden_dropout_prob=0.1, id2label=dict(enumerate(LABELS)),
-            label2id={n: i for i, n in enumerate(LABELS)})  # fmt: skip
+SIZE = VISION_SIZE | dict(hidden_dropout_prob=0.1, id2label=dict(enumerate(LABELS)),
+                         label2id={n: i for i, n in enumerate(LABELS)})  # fmt: skip
 CLASSES = {
     "ViTForImageClassification": ("ViTConfig", "vit"),
     "ViTForImageClassification-no_qkv_bias": ("ViTConfig", "vit"),
     "DeiTForImageClassification": ("DeiTConfig", "deit"),
     "DeiTForImageClassificationWithTeacher": ("DeiTConfig", "deit"),
 }
-
-
-def pixels(height=16, width=16, seed=2):
-    return torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(seed))
-
-
-def keys(directory):
-    with safe_open(str(directory / "model.safetensors"), framework="pt") as f:
-        return set(f.keys())
-
-
-def read_config(directory):
-    return json.loads((directory / "config.json").read_text())
 
 
 def logits(model, x, resized=False):
@@ -66,15 +61,8 @@ def task_dir(request, tmp_path_factory):
     config_class, _ = CLASSES[name]
     changes = {"qkv_bias": False} if name.endswith("no_qkv_bias") else {}
     config = getattr(transformers, config_class)(**SIZE, **changes)
-    torch.manual_seed(0)
-    theirs = getattr(transformers, name.split("-")[0])(config)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in theirs.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
     directory = tmp_path_factory.mktemp(name)
-    theirs.eval().save_pretrained(directory)
-    return directory, theirs
+    return directory, saved_reference(getattr(transformers, name.split("-")[0]), config, directory)
 
 
 @pytest.mark.parametrize("size", [(16, 16), (24, 20)], ids=["trained", "resized"])
@@ -94,7 +82,7 @@ def test_classifier_loads_with_logits_equal_to_transformers(task_dir, size):
 def test_classifier_saved_back_loads_in_transformers_with_the_same_logits(task_dir, tmp_path):
     directory, theirs = task_dir
     save_pretrained(load_pretrained(directory), tmp_path)
-    assert keys(tmp_path) == keys(directory)
+    assert tensor_names(tmp_path) == tensor_names(directory)
     written, original = read_config(tmp_path), read_config(directory)
     for field in ("architectures", "model_type", "id2label", "label2id", "qkv_bias"):
         assert written[field] == original[field], field
@@ -161,10 +149,8 @@ def test_our_classifier_is_written_as_the_class_that_computes_it(
 ):
     config = dataclasses.replace(VISION, distillation_token=distillation is not None)
     torch.manual_seed(0)
-    ours = ImageClassifier(config, 4, head=BARE, distillation_head=bool(distillation)).eval()
-    with torch.no_grad():
-        for p in ours.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
+    ours = ImageClassifier(config, 4, head=BARE, distillation_head=bool(distillation))
+    perturbed(ours, seed=None)  # on from the draws that initialised it
     save_pretrained(ours, tmp_path)
     hf = read_config(tmp_path)
     assert hf["architectures"] == [architecture]
@@ -174,8 +160,7 @@ def test_our_classifier_is_written_as_the_class_that_computes_it(
     torch.testing.assert_close(logits(theirs, x), logits(ours, x), atol=ATOL, rtol=0)
     back = load_pretrained(tmp_path)
     assert back.labels is None and back.head_config == BARE
-    a, b = ours.state_dict(), back.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(ours, back)
 
 
 def test_a_head_the_classes_cannot_express_is_refused_by_name(tmp_path):

@@ -3,12 +3,21 @@ saved back to files ViTModel loads with the same outputs, and refused with the f
 
 from __future__ import annotations
 
-import json
 import logging
 
 import pytest
 import torch
-from safetensors import safe_open
+from models.formats.helpers import (
+    VISION_SIZE,
+    assert_same_weights,
+    edit_config,
+    perturbed,
+    pixels,
+    read_config,
+    saved_reference,
+    tensor_names,
+    vision_outputs,
+)
 
 from encoderkit import (
     PretrainedError,
@@ -23,42 +32,15 @@ transformers = pytest.importorskip("transformers", reason="transformers is the r
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
 ATOL = 1e-5
-SIZE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            image_size=16, patch_size=4)  # fmt: skip
-
-
-def perturbed(model):
-    """Every parameter off its init, so a swapped or missed tensor shows; in eval mode."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return model.eval()
-
-
-def pixels(height=16, width=16, seed=2):
-    return torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(seed))
-
-
-def keys(directory):
-    with safe_open(str(directory / "model.safetensors"), framework="pt") as f:
-        return set(f.keys())
-
-
-def edit_config(directory, **changes):
-    path = directory / "config.json"
-    path.write_text(json.dumps(json.loads(path.read_text()) | changes))
+SIZE = VISION_SIZE
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["qkv_bias", "no_qkv_bias"])
 def vit_dir(request, tmp_path_factory):
     """A ViTModel (with its pooler) saved by transformers, and that model."""
-    torch.manual_seed(0)
     config = transformers.ViTConfig(**SIZE, qkv_bias=request.param, layer_norm_eps=1e-6)
-    theirs = perturbed(transformers.ViTModel(config))
     directory = tmp_path_factory.mktemp("vit")
-    theirs.save_pretrained(directory)
-    return directory, theirs
+    return directory, saved_reference(transformers.ViTModel, config, directory)
 
 
 @pytest.mark.parametrize("size", [(16, 16), (24, 20)], ids=["trained", "resized"])
@@ -69,25 +51,24 @@ def test_vit_loads_with_outputs_equal_to_transformers(vit_dir, size):
     assert ours.config.qkv_bias == theirs.config.qkv_bias
     assert (ours.encoder.blocks[0].attn.qkv.bias is None) == (not theirs.config.qkv_bias)
     x = pixels(*size)
-    with torch.no_grad():
-        ref = theirs(x, interpolate_pos_encoding=size != (16, 16))
-        out = ours(x)
-        pooled = ours.pool(out)
-    torch.testing.assert_close(out, ref.last_hidden_state, atol=ATOL, rtol=0)
-    torch.testing.assert_close(pooled, ref.pooler_output, atol=ATOL, rtol=0)
+    out, pooled = vision_outputs(ours, x)
+    ref, ref_pooled = vision_outputs(theirs, x, resized=size != (16, 16))
+    torch.testing.assert_close(out, ref, atol=ATOL, rtol=0)
+    torch.testing.assert_close(pooled, ref_pooled, atol=ATOL, rtol=0)
 
 
 def test_vit_saved_back_loads_in_transformers_with_the_same_outputs(vit_dir, tmp_path):
     directory, theirs = vit_dir
     save_pretrained(load_pretrained(directory), tmp_path)
-    assert keys(tmp_path) == keys(directory)  # the q/k/v biases written exactly when they exist
+    # the q/k/v biases written exactly when they exist
+    assert tensor_names(tmp_path) == tensor_names(directory)
     back = transformers.ViTModel.from_pretrained(tmp_path).eval()
     assert back.config.qkv_bias == theirs.config.qkv_bias
     x = pixels()
-    with torch.no_grad():
-        ref, out = theirs(x), back(x)
-    torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, atol=ATOL, rtol=0)
-    torch.testing.assert_close(out.pooler_output, ref.pooler_output, atol=ATOL, rtol=0)
+    out, pooled = vision_outputs(back, x)
+    ref, ref_pooled = vision_outputs(theirs, x)
+    torch.testing.assert_close(out, ref, atol=ATOL, rtol=0)
+    torch.testing.assert_close(pooled, ref_pooled, atol=ATOL, rtol=0)
 
 
 def test_our_vit_without_qkv_bias_round_trips(tmp_path):
@@ -96,11 +77,10 @@ def test_our_vit_without_qkv_bias_round_trips(tmp_path):
                           patch_size=4, norm_first=True, qkv_bias=False)  # fmt: skip
     ours = perturbed(VisionEncoder(config))
     save_pretrained(ours, tmp_path)
-    assert json.loads((tmp_path / "config.json").read_text())["qkv_bias"] is False
+    assert read_config(tmp_path)["qkv_bias"] is False
     back = load_pretrained(tmp_path)
     assert back.config == config
-    a, b = ours.state_dict(), back.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(ours, back)
 
 
 def test_qkv_bias_that_disagrees_with_the_weights_names_the_keys(vit_dir, tmp_path):

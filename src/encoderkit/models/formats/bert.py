@@ -22,7 +22,7 @@ from encoderkit.models.formats.hf_config import (
     refuse,
     tied_word_embeddings,
 )
-from encoderkit.models.formats.keymap import KeyMap, weight_and_bias
+from encoderkit.models.formats.keymap import KeyMap, Sources, weight_and_bias
 from encoderkit.models.heads import HeadActivation, HeadConfig
 from encoderkit.models.text import TextEncoder
 
@@ -124,6 +124,15 @@ def classification_keys(theirs: str) -> dict[str, str]:
     return {f"head.fc.{p}": f"{theirs}.{p}" for p in ("weight", "bias")}
 
 
+def masked_lm_keys(dense: str, norm: str, bias: str) -> dict[str, Sources]:
+    """A masked-LM head <- theirs: the transform's dense layer and LayerNorm, and the output
+    bias (the output weight is the tied embedding table, mapped with the encoder)."""
+    return {
+        **weight_and_bias({"head.transform.dense": dense, "head.transform.norm": norm}),
+        "head.bias": bias,
+    }
+
+
 TASKS = (
     Task(
         "BertForSequenceClassification",
@@ -143,15 +152,11 @@ TASKS = (
     Task(
         "BertForMaskedLM",
         "masked_lm",
-        {
-            **weight_and_bias(
-                {
-                    "head.transform.dense": "cls.predictions.transform.dense",
-                    "head.transform.norm": "cls.predictions.transform.LayerNorm",
-                }
-            ),
-            "head.bias": "cls.predictions.bias",
-        },
+        masked_lm_keys(
+            "cls.predictions.transform.dense",
+            "cls.predictions.transform.LayerNorm",
+            "cls.predictions.bias",
+        ),
         masked_lm_head,
         # the decoder is the tied embedding table; BERT's pre-training checkpoints (bert-base-*)
         # also hold the next-sentence head

@@ -21,7 +21,7 @@ from typing import Any, cast
 from encoderkit.layers.feedforward import Activation
 from encoderkit.models.config import TextConfig
 from encoderkit.models.formats.base import Format, Task
-from encoderkit.models.formats.bert import classification_keys
+from encoderkit.models.formats.bert import classification_keys, masked_lm_keys
 from encoderkit.models.formats.checkpoint import PretrainedError
 from encoderkit.models.formats.hf_config import (
     HF_ACTIVATIONS,
@@ -195,15 +195,7 @@ TASKS = (
     Task(
         "DistilBertForMaskedLM",
         "masked_lm",
-        {
-            **weight_and_bias(
-                {
-                    "head.transform.dense": "vocab_transform",
-                    "head.transform.norm": "vocab_layer_norm",
-                }
-            ),
-            "head.bias": "vocab_projector.bias",
-        },
+        masked_lm_keys("vocab_transform", "vocab_layer_norm", "vocab_projector.bias"),
         masked_lm_head,
         dropped=(r"vocab_projector\.weight",),  # the tied embedding table
     ),

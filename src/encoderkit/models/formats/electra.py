@@ -27,6 +27,7 @@ from encoderkit.models.formats.bert import (
     classification_keys,
     classifier_head,
     classifier_head_to_hf,
+    masked_lm_keys,
 )
 from encoderkit.models.formats.hf_config import (
     bert_text_fields,
@@ -142,15 +143,11 @@ TASKS = (
     Task(
         "ElectraForMaskedLM",
         "masked_lm",
-        {
-            **weight_and_bias(
-                {
-                    "head.transform.dense": "generator_predictions.dense",
-                    "head.transform.norm": "generator_predictions.LayerNorm",
-                }
-            ),
-            "head.bias": "generator_lm_head.bias",
-        },
+        masked_lm_keys(
+            "generator_predictions.dense",
+            "generator_predictions.LayerNorm",
+            "generator_lm_head.bias",
+        ),
         masked_lm_head,
         dropped=(r"generator_lm_head\.weight",),  # the tied embedding table
     ),

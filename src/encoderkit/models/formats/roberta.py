@@ -28,6 +28,7 @@ from encoderkit.models.formats.bert import (
     classification_keys,
     classifier_head,
     classifier_head_to_hf,
+    masked_lm_keys,
     text_refusals,
     text_to_hf,
 )
@@ -131,15 +132,7 @@ def tasks(prefix: str) -> tuple[Task, ...]:
         Task(
             f"{prefix}ForMaskedLM",
             "masked_lm",
-            {
-                **weight_and_bias(
-                    {
-                        "head.transform.dense": "lm_head.dense",
-                        "head.transform.norm": "lm_head.layer_norm",
-                    }
-                ),
-                "head.bias": "lm_head.bias",
-            },
+            masked_lm_keys("lm_head.dense", "lm_head.layer_norm", "lm_head.bias"),
             masked_lm_head,
             dropped=(r"lm_head\.decoder\.(weight|bias)",),  # the tied embeddings and bias
         ),
