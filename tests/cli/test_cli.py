@@ -93,7 +93,7 @@ def test_train_eval_predict_and_plot(tmp_path, capsys):
 
     assert main(["eval", str(run)]) == 0
     evaluated = json.loads(capsys.readouterr().out)
-    assert evaluated["accuracy"] == pytest.approx(results["best_accuracy"], abs=1e-4)
+    assert evaluated["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-4)
     assert evaluated["test_examples"] == 360
 
     split = load_digits_split()

@@ -14,7 +14,14 @@ from encoderkit.models.config import TextConfig, VisionConfig
 from encoderkit.models.heads import ImageClassifier, SequenceClassifier
 from encoderkit.training.config import TrainConfig
 from encoderkit.training.data import listops
-from encoderkit.training.tasks import Task, build_task, encode_texts, prepare_inputs, text_tokenizer
+from encoderkit.training.tasks import (
+    Task,
+    build_task,
+    encode_texts,
+    hold_out,
+    prepare_inputs,
+    text_tokenizer,
+)
 
 TINY = {"d_model": 32, "n_heads": 2, "d_ff": 64, "n_layers": 1}
 LISTOPS = {"listops_train_size": 40, "listops_test_size": 10, "listops_max_length": 24}
@@ -48,12 +55,15 @@ def test_digits_task_is_the_8x8_split_and_a_vit_with_2x2_patches():
 
     task = build_task(TrainConfig(task="digits", seed=3, pooling="cls", **TINY))
     (train_images, train_labels), (test_images, test_labels) = task.train, task.test
-    assert train_images.shape == (1437, 1, 8, 8) and test_images.shape == (360, 1, 8, 8)
+    # 10% of the 1,437 training images held out for validation, the test split as it was
+    assert train_images.shape == (1293, 1, 8, 8) and test_images.shape == (360, 1, 8, 8)
     assert train_images.dtype == torch.float32
     assert train_labels.dtype == test_labels.dtype == torch.int64
-    assert train_labels.shape == (1437,) and test_labels.shape == (360,)
+    assert train_labels.shape == (1293,) and test_labels.shape == (360,)
     split = load_digits_split(seed=3)
-    assert torch.equal(train_images, split.train_images)
+    held = hold_out((split.train_images, split.train_labels), seed=3)
+    assert all(map(torch.equal, held[0] + held[1], task.train + task.valid))
+    assert len(task.valid[1]) == 144 and set(task.valid[1].tolist()) == set(range(10))
     assert torch.equal(test_labels, split.test_labels)
     assert task.name == "digits" and task.classes == [str(d) for d in range(10)]
     model = task.model
@@ -75,8 +85,10 @@ def test_listops_task_matches_the_generator_and_sizes_the_model():
     task = build_task(TrainConfig(task="listops", seed=2, **LISTOPS, **TINY))
     ids, mask, labels = task.train
     expected = listops.encode(listops.generate(40, max_length=24, seed=2), 24)
-    for got, want in zip(task.train, expected, strict=True):
+    rest, valid = hold_out(expected, seed=2)  # 4 of the 40 held out for validation
+    for got, want in zip(task.train + task.valid, rest + valid, strict=True):
         assert got.dtype == want.dtype and torch.equal(got, want)
+    ids, mask, labels = expected
     test_ids, _, test_labels = task.test
     assert len(test_labels) == 10 and torch.equal(
         test_ids, listops.encode(listops.generate(10, max_length=24, seed=3), 24)[0]
@@ -96,6 +108,7 @@ def test_listops_task_matches_the_generator_and_sizes_the_model():
         assert model(ids[:4], mask[:4]).shape == (4, 10)
     lengths = [len(tokens) + 1 for tokens, _ in listops.generate(40, max_length=24, seed=2)]
     assert task.tokens((ids, mask)) == sum(lengths)
+    assert len(task.train[-1]) == 36 and len(task.valid[-1]) == 4
 
 
 def test_text_task_tokenizes_with_minilm_and_truncates(reviews):
@@ -103,7 +116,7 @@ def test_text_task_tokenizes_with_minilm_and_truncates(reviews):
     from tokenizers import Tokenizer
 
     from encoderkit.models.sentence import shipped_model_path
-    from encoderkit.training.data.text import read_labelled_texts, split
+    from encoderkit.training.data.text import read_labelled_texts, split3
 
     cfg = TrainConfig(task="text", data=str(reviews), text_max_length=8, **TINY)
     task = build_task(cfg)
@@ -112,9 +125,10 @@ def test_text_task_tokenizes_with_minilm_and_truncates(reviews):
     plain.no_truncation()
     plain.no_padding()
     label_of = {text: label for label, texts in TEXTS.items() for text in texts}
-    train, test = split(read_labelled_texts(reviews), seed=cfg.seed)
-    assert len(task.train[0]) + len(task.test[0]) == 12
-    for (ids, mask, labels), part in ((task.train, train), (task.test, test)):
+    train, valid, test = split3(read_labelled_texts(reviews), seed=cfg.seed)
+    assert len(task.train[0]) + len(task.valid[0]) + len(task.test[0]) == 12
+    parts = ((task.train, train), (task.valid, valid), (task.test, test))
+    for (ids, mask, labels), part in parts:
         assert ids.dtype == torch.int64 and mask.dtype == torch.bool and ids.shape[1] <= 8
         assert (ids[:, 0] == CLS).all()
         for row, text in enumerate(part.texts):
@@ -123,7 +137,7 @@ def test_text_task_tokenizes_with_minilm_and_truncates(reviews):
             n = int(mask[row].sum())
             assert ids[row, :n].tolist() == want and not mask[row, n:].any()
             assert task.classes[int(labels[row])] == label_of[text]
-    assert int(task.train[1].sum(dim=1).max()) == 8 or int(task.test[1].sum(dim=1).max()) == 8
+    assert any(int(t[1].sum(dim=1).max()) == 8 for t in (task.train, task.valid, task.test))
     config = task.model.encoder.config
     assert config.vocab_size == plain.get_vocab_size() and config.max_positions == 8
     assert task.tokens(task.train[:2]) == int(task.train[1].sum())

@@ -55,7 +55,8 @@ def test_learning_rate_warms_up_then_decays_to_zero():
 def test_digits_learns(tmp_path):
     cfg = TrainConfig(out=str(tmp_path), epochs=30, progress=False, eval_every=330)
     results = train(cfg)
-    assert results["best_accuracy"] >= 0.93  # measured 0.958; the demo's 80 epochs reach 0.98
+    assert results["best_accuracy"] >= 0.9  # validation (144 images): measured 0.924
+    assert results["test_accuracy"] >= 0.9
     records = metrics(tmp_path)
     first = [r["loss"] for r in records if r["split"] == "train"][:10]
     last = [r["loss"] for r in records if r["split"] == "train"][-10:]
@@ -189,7 +190,7 @@ def test_text_task_trains_on_a_small_file(tmp_path):
     data.rename(tmp_path / "elsewhere.csv")
     cfg, task = load_run_model(tmp_path / "run", test_split=True)
     _, accuracy = evaluate(task.model, task.test, cfg, torch.device("cpu"))
-    assert accuracy == results["best_accuracy"]
+    assert accuracy == results["test_accuracy"]
     assert len(task.test[-1]) == round(0.2 * 240)
 
 
@@ -378,7 +379,7 @@ def test_an_interrupted_run_reports_none_for_what_it_never_measured(tmp_path, ca
             "--n-layers", "1", "--eval-every", "2", "--no-progress"]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "test accuracy n/a (not evaluated yet) after 1 steps" in out
+    assert "validation accuracy n/a (not evaluated yet) after 1 steps" in out
     assert json.loads(out.splitlines()[-1])["best_accuracy"] is None
     # resumed, it measures and reports numbers
     assert train(resume_config(run, {"stop_at_step": None}), resume=True)["best_accuracy"] > 0
@@ -507,7 +508,7 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path, sign
 def test_a_best_checkpoint_that_is_gone_is_reported_not_replaced(tmp_path, monkeypatch):
     import encoderkit.training.loop as training
 
-    accuracies = iter([0.9, 0.1])  # the first evaluation (step 2) is the best
+    accuracies = iter([0.9, 0.1, 0.5])  # the first evaluation (step 2) is the best; then test
     monkeypatch.setattr(training, "evaluate", lambda *a: (1.0, next(accuracies)))
     run = tmp_path / "run"
     train(TrainConfig(out=str(run), keep_last=1, **TINY))

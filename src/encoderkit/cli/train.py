@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 import typing
 from pathlib import Path
@@ -18,6 +19,8 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+log = logging.getLogger(__name__)
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -50,8 +53,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 HELP = {
     "compile": (
         "torch.compile the model's forward: the first steps are slower while it compiles; on "
-        "the CPU it needs a C++ compiler"
+        "the CPU it needs a C++ compiler; default: False"
     ),
+    "lr": "peak learning rate; default: 0.002 from scratch, 3e-05 with --init all-MiniLM-L6-v2",
+    "out": "the run directory; default: runs/<task>-<YYYYmmdd-HHMMSS>",
 }
 
 
@@ -67,7 +72,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         kwargs: dict[str, Any] = {
             "dest": f.name,
             "default": argparse.SUPPRESS,
-            "help": (HELP[f.name] + "; " if f.name in HELP else "") + f"default: {f.default!r}",
+            "help": HELP.get(f.name, f"default: {f.default!r}"),
         }
         if hint is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
@@ -90,7 +95,7 @@ def _optional(kind: type) -> Any:
 
 def train_config(args: argparse.Namespace) -> Any:
     """TrainConfig from defaults < TOML file < flags, or the saved run's config for --resume."""
-    from encoderkit.training.config import TrainConfig, check_config_field
+    from encoderkit.training.config import TrainConfig, check_config_field, job_defaults
     from encoderkit.training.runs import resume_config
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -113,14 +118,19 @@ def train_config(args: argparse.Namespace) -> Any:
             except (TypeError, ValueError) as e:
                 raise type(e)(f"{args.config}: {e}") from e
     values |= flags
-    if args.resume is not None:
+    if args.resume is not None:  # the saved config already holds what was chosen at the start
         return resume_config(args.resume, values)
-    return TrainConfig(**values)
+    chosen = job_defaults(values)
+    if "lr" in chosen:
+        log.info(
+            "--init %s without --lr: fine-tuning learning rate %g (give --lr to choose another)",
+            values["init"],
+            chosen["lr"],
+        )
+    return TrainConfig(**values, **chosen)
 
 
 def run_training(args: argparse.Namespace) -> int:
-    import logging
-
     from encoderkit.models.pretrained import PretrainedError
     from encoderkit.training.checkpoint import CheckpointError
     from encoderkit.training.loop import NonFiniteError, train
@@ -134,11 +144,15 @@ def run_training(args: argparse.Namespace) -> int:
     except NonFiniteError as e:
         raise SystemExit(f"encoderkit train: {e}") from e
     if results["best_accuracy"] is None:  # stopped before its first evaluation
-        measured = "test accuracy n/a (not evaluated yet)"
+        measured = "validation accuracy n/a (not evaluated yet)"
     else:
         measured = (
-            f"test accuracy {results['test_accuracy']:.4f} (best {results['best_accuracy']:.4f} "
-            f"at step {results['best_step']})"
+            f"best validation accuracy {results['best_accuracy']:.4f} at step "
+            f"{results['best_step']}; test accuracy of that checkpoint "
+        ) + (
+            "n/a (not finished)"
+            if results["test_accuracy"] is None
+            else f"{results['test_accuracy']:.4f}"
         )
     print(
         f"{cfg.task}: {measured} after {results['steps']} steps in {results['seconds']:.0f} s; "
@@ -167,6 +181,7 @@ def run_eval(args: argparse.Namespace) -> int:
             {
                 "run": str(args.run_dir),
                 "task": cfg.task,
+                "split": "test",
                 "test_examples": len(task.test[-1]),
                 "loss": round(loss, 4),
                 "accuracy": round(accuracy, 4),

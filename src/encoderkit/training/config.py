@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,7 +21,7 @@ class TrainConfig:
     """Everything a run needs; the command line's flags are these fields."""
 
     task: Literal["digits", "listops", "text"] = "digits"
-    out: str = "runs/digits"  # the run directory: config, metrics, checkpoints, curves
+    out: str = "runs/digits"  # the run directory (the CLI's default: runs/<task>-<time>)
     data: str | None = None  # text task: a .csv or .jsonl with text and label columns
     init: str = "scratch"  # text task: "scratch" or "all-MiniLM-L6-v2"
     seed: int = 0
@@ -42,7 +43,7 @@ class TrainConfig:
     max_steps: int | None = None  # overrides epochs
     batch_size: int = 64  # global, over all ranks and accumulation steps
     grad_accum: int = 1
-    lr: float = 2e-3
+    lr: float = 2e-3  # from scratch; the CLI's default with --init is FINE_TUNING_LR
     weight_decay: float = 0.05
     warmup_fraction: float = 0.1
     label_smoothing: float = 0.1
@@ -133,6 +134,27 @@ def check_config_field(name: str, value: object) -> None:
     if name not in hints:
         raise ValueError(f"{name} is not a TrainConfig field; valid fields: {', '.join(hints)}")
     _check_type(name, value, hints[name])
+
+
+SCRATCH_LR = 2e-3
+# Pretrained weights move little: at the from-scratch rate MiniLM forgets what it knows and lands
+# at chance; 2e-5..5e-5 is the usual range for BERT-sized encoders (Devlin et al., 2019).
+FINE_TUNING_LR = 3e-5
+
+
+def job_defaults(given: dict[str, Any], now: float | None = None) -> dict[str, Any]:
+    """The defaults that depend on the job, for the fields ``given`` leaves out (a flag or a
+    TOML key counts as given, whatever its value): a fine-tuning learning rate with pretrained
+    weights (``init`` other than scratch), and a fresh run directory per task and start time,
+    ``runs/<task>-<YYYYmmdd-HHMMSS>``. Returned as fields to add, so that the run's saved config
+    records the values chosen and a resume reads them back, never choosing again."""
+    added: dict[str, Any] = {}
+    if "lr" not in given and given.get("init", "scratch") != "scratch":
+        added["lr"] = FINE_TUNING_LR
+    if "out" not in given:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+        added["out"] = f"runs/{given.get('task', 'digits')}-{stamp}"
+    return added
 
 
 # Fields a resumed run may change: they do not alter what is computed up to the stop.

@@ -1,7 +1,9 @@
 """Training and fine-tuning: small functions around one readable loop.
 
 AdamW with linear warm-up and cosine decay, gradient clipping and accumulation, bf16 autocast on
-GPUs, evaluation every N steps with early stopping, and checkpoints (``checkpoint.py``) from which
+GPUs, evaluation on the validation split every N steps with early stopping (the best checkpoint
+is the best on validation; the test split is evaluated once, on that checkpoint, at the end), and
+checkpoints (``checkpoint.py``) from which
 ``--resume`` continues exactly: the same batches and, in one process, bit-identical losses. A
 non-finite loss or gradient norm stops the step before the optimizer touches the weights.
 
@@ -16,6 +18,7 @@ loss, the optimizer and the checkpoints stay as they are (see :func:`compiled`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -61,8 +64,8 @@ class Progress:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
-    accuracy: float | None = None  # at the latest evaluation; None before the first
-    best_accuracy: float | None = None
+    accuracy: float | None = None  # validation, at the latest evaluation; None before the first
+    best_accuracy: float | None = None  # validation
     best_step: int = 0
     evals_since_best: int = 0
     skipped_steps: int = 0
@@ -107,6 +110,8 @@ def train_on(ranks: Ranks, cfg: TrainConfig, *, resume: bool) -> dict[str, Any]:
         stale = check_new_run(run)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     task = build_task(cfg)
+    if resume_from is None:  # a resumed run's saved config holds what was fitted at its start
+        cfg = fit_to_task(cfg, task, ranks)
     model = task.model.to(ranks.device)
     optimizer = make_optimizer(model, cfg, ranks.device)
     progress = Progress()
@@ -131,6 +136,7 @@ def train_on(ranks: Ranks, cfg: TrainConfig, *, resume: bool) -> dict[str, Any]:
     with writing(run, "metrics.jsonl"):
         logger = MetricsLog(run, ranks, total, progress.step, cfg.progress)
     stop = StopRequest()
+    early_stop = False
     started = time.perf_counter()
     try:
         while progress.step < total and not stop.reason:
@@ -163,6 +169,7 @@ def train_on(ranks: Ranks, cfg: TrainConfig, *, resume: bool) -> dict[str, Any]:
                     improved = evaluate_and_track(forward, task, cfg, ranks, progress, logger)
                     if cfg.patience and progress.evals_since_best >= cfg.patience:
                         stop.reason = f"no improvement in {cfg.patience} evaluations"
+                        early_stop = True
                     if improved:
                         checkpoint(run, model, optimizer, progress, cfg, ranks)
                 if progress.step == cfg.stop_at_step:
@@ -173,6 +180,11 @@ def train_on(ranks: Ranks, cfg: TrainConfig, *, resume: bool) -> dict[str, Any]:
                     break
             if progress.batch_in_epoch == steps_per_epoch:
                 progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
+        # Finished (not interrupted): the best checkpoint on the test split, once. An interrupted
+        # run writes no test line, so its resumed metrics equal an uninterrupted run's.
+        test_accuracy = None
+        if (progress.step == total or early_stop) and progress.best_accuracy is not None:
+            test_accuracy = test_best(run, model, forward, task, cfg, ranks, progress, logger)
     finally:
         stop.restore()
         logger.close()
@@ -182,8 +194,9 @@ def train_on(ranks: Ranks, cfg: TrainConfig, *, resume: bool) -> dict[str, Any]:
         "steps": progress.step,
         "total_steps": total,
         "seconds": round(seconds, 1),
-        "test_accuracy": progress.accuracy,  # None: never evaluated
-        "best_accuracy": progress.best_accuracy,
+        "test_accuracy": test_accuracy,  # of the best checkpoint; None: not finished
+        "valid_accuracy": progress.accuracy,  # at the latest evaluation; None: never evaluated
+        "best_accuracy": progress.best_accuracy,  # on validation
         "best_step": progress.best_step if progress.best_accuracy is not None else None,
         "skipped_steps": progress.skipped_steps,
         "stopped": stop.reason or None,
@@ -197,6 +210,30 @@ def train_on(ranks: Ranks, cfg: TrainConfig, *, resume: bool) -> dict[str, Any]:
             with writing(run, "curves.png"):
                 plot_run(run)
     return results
+
+
+def fit_to_task(cfg: TrainConfig, task: Task, ranks: Ranks) -> TrainConfig:
+    """``cfg`` as the run really is, for its saved config: a batch no larger than the training
+    data (a multiple of ``grad_accum`` and the number of ranks), and the model's own sizes (a
+    pretrained model's, not the flags' defaults)."""
+    changes: dict[str, Any] = {}
+    n_train, step = len(task.train[-1]), cfg.grad_accum * ranks.world
+    if cfg.batch_size > n_train and n_train >= step:
+        changes["batch_size"] = n_train // step * step
+        log.info(
+            "batch_size %d is larger than the %d training examples: using %d (a multiple of "
+            "grad_accum %d x %d ranks)",
+            cfg.batch_size,
+            n_train,
+            changes["batch_size"],
+            cfg.grad_accum,
+            ranks.world,
+        )
+    config = getattr(getattr(task.model, "encoder", None), "config", None)
+    for name in ("d_model", "n_heads", "d_ff", "n_layers", "norm_first"):
+        if config is not None and getattr(config, name) != getattr(cfg, name):
+            changes[name] = getattr(config, name)
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 def compiled(module: nn.Module, cfg: TrainConfig) -> nn.Module:
@@ -360,14 +397,15 @@ def evaluate_and_track(
     progress: Progress,
     logger: MetricsLog,
 ) -> bool:
-    """Evaluate on the test split, log it, and track the best; True if this is a new best."""
-    loss, accuracy = evaluate(model, task.test, cfg, ranks.device)
+    """Evaluate on the validation split, log it, and track the best; True if this is a new best.
+    The test split plays no part in choosing: it is reported once, by :func:`test_best`."""
+    loss, accuracy = evaluate(model, task.valid, cfg, ranks.device)
     progress.accuracy = accuracy
     logger.write(
         {
             "step": progress.step,
             "epoch": progress.epoch,
-            "split": "eval",
+            "split": "valid",
             "loss": loss,
             "accuracy": accuracy,
         }
@@ -381,6 +419,38 @@ def evaluate_and_track(
         return True
     progress.evals_since_best += 1
     return False
+
+
+def test_best(
+    run: Path,
+    model: nn.Module,
+    forward: nn.Module,
+    task: Task,
+    cfg: TrainConfig,
+    ranks: Ranks,
+    progress: Progress,
+    logger: MetricsLog,
+) -> float | None:
+    """The best checkpoint's test accuracy, logged as a ``test`` line (rank 0; None elsewhere).
+    Loads that checkpoint's weights into ``model``: training is over."""
+    if not ranks.main:
+        return None
+    from encoderkit.training.rebuild import pick_checkpoint
+
+    weights, _, _ = load_checkpoint(pick_checkpoint(run, "best"))
+    model.load_state_dict(weights)
+    loss, accuracy = evaluate(forward, task.test, cfg, ranks.device)
+    logger.write(
+        {
+            "step": progress.step,
+            "epoch": progress.epoch,
+            "split": "test",
+            "checkpoint_step": progress.best_step,
+            "loss": loss,
+            "accuracy": accuracy,
+        }
+    )
+    return accuracy
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:

@@ -203,7 +203,11 @@ def writing(run: Path, what: str) -> Iterator[None]:
 def write_run_config(run: Path, cfg: TrainConfig, task: Task) -> None:
     from encoderkit import __version__
 
-    payload = {"config": asdict(cfg), "classes": task.classes, "encoderkit": __version__}
+    payload: dict[str, Any] = {"config": asdict(cfg), "classes": task.classes}
+    config = getattr(getattr(task.model, "encoder", None), "config", None)
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        payload["model"] = asdict(config)  # the encoder as built, pretrained sizes included
+    payload["encoderkit"] = __version__
     atomic_write_text(run / "config.json", json.dumps(payload, indent=2) + "\n")
 
 
@@ -302,11 +306,13 @@ class MetricsLog:
         with writing(self.run, "metrics.jsonl"):
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
-        if record["split"] == "eval":
-            self.last_eval = f"{record['accuracy']:.3f}"
+        if record["split"] in ("valid", "test"):
+            if record["split"] == "valid":
+                self.last_eval = f"{record['accuracy']:.3f}"
             log.info(
-                "step %d: eval loss %.4f accuracy %.4f",
+                "step %d: %s loss %.4f accuracy %.4f",
                 record["step"],
+                record["split"],
                 record["loss"],
                 record["accuracy"],
             )

@@ -27,7 +27,8 @@ from encoderkit.training.config import TASKS, TrainConfig
 
 @dataclass
 class Task:
-    """Tensors with the labels last: (images, labels) or (ids, mask, labels)."""
+    """Tensors with the labels last: (images, labels) or (ids, mask, labels). ``valid`` chooses
+    the best checkpoint and stops early; ``test`` is only reported."""
 
     name: str
     train: tuple[torch.Tensor, ...]
@@ -35,6 +36,7 @@ class Task:
     model: nn.Module
     classes: list[str]
     info: dict[str, Any] = field(default_factory=dict)
+    valid: tuple[torch.Tensor, ...] = ()
 
     def tokens(self, inputs: Sequence[torch.Tensor]) -> int:
         """Real tokens in a batch, for tokens/s: patches + class token, or unpadded tokens."""
@@ -49,12 +51,12 @@ def build_task(cfg: TrainConfig) -> Task:
     ``--init all-MiniLM-L6-v2``): the data never draws from torch's random state, so the model's
     initial weights depend on the seed alone."""
     check_task(cfg)
-    train, test, classes = load_data(cfg)
+    train, valid, test, classes = load_data(cfg)
     if cfg.task == "text" and cfg.init == "all-MiniLM-L6-v2":
         model = _minilm_classifier(cfg, len(classes))
     else:
         model = build_model(cfg, len(classes))
-    return Task(cfg.task, train, test, model, classes)
+    return Task(cfg.task, train, test, model, classes, valid=valid)
 
 
 def encoder_sizes(cfg: TrainConfig) -> dict[str, Any]:
@@ -70,24 +72,44 @@ def check_task(cfg: TrainConfig) -> None:
         raise ValueError(f"init must be 'scratch' or 'all-MiniLM-L6-v2', got {cfg.init!r}")
 
 
-def load_data(
-    cfg: TrainConfig,
-) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], list[str]]:
-    """(train tensors, test tensors, class names) of the task."""
+Tensors = tuple[torch.Tensor, ...]
+
+VALID_FRACTION = 0.1  # of the training examples (digits, listops) or of the file (text)
+
+
+def load_data(cfg: TrainConfig) -> tuple[Tensors, Tensors, Tensors, list[str]]:
+    """(train, validation, test tensors, class names) of the task. Digits and ListOps hold their
+    validation split out of the training one, stratified and seeded, so their test splits stay
+    what they were; a text file is split three ways (see ``data.text.split3``)."""
     if cfg.task == "digits":
         from encoderkit.training.data.digits import load_digits_split
 
         split = load_digits_split(seed=cfg.seed)
-        return (
-            (split.train_images, split.train_labels),
-            (split.test_images, split.test_labels),
-            DIGIT_CLASSES,
-        )
+        train, valid = hold_out((split.train_images, split.train_labels), cfg.seed)
+        return train, valid, (split.test_images, split.test_labels), DIGIT_CLASSES
     if cfg.task == "listops":
-        return _listops_split(cfg, "train"), _listops_split(cfg, "test"), DIGIT_CLASSES
+        train, valid = hold_out(_listops_split(cfg, "train"), cfg.seed)
+        return train, valid, _listops_split(cfg, "test"), DIGIT_CLASSES
     data = _read_texts(cfg)
-    train, test = _split_texts(cfg, data)
-    return train, test, data.classes
+    train, valid, test = _split_texts(cfg, data)
+    return train, valid, test, data.classes
+
+
+def hold_out(tensors: Tensors, seed: int) -> tuple[Tensors, Tensors]:
+    """(rest, held out): ``VALID_FRACTION`` of the rows (at least 1), stratified by the labels
+    (the last tensor) and the same for the same seed; both keep the rows' order."""
+    import math
+
+    from encoderkit.training.data.text import holdout_mask
+
+    n = len(tensors[-1])
+    if n < 2:
+        raise ValueError(
+            f"need at least 2 training examples to hold out a validation split, got {n}"
+        )
+    n_valid = min(max(math.ceil(round(VALID_FRACTION * n, 9)), 1), n - 1)
+    mask = torch.from_numpy(holdout_mask(tensors[-1].numpy(), n_valid, seed))
+    return tuple(t[~mask] for t in tensors), tuple(t[mask] for t in tensors)
 
 
 def load_test_split(cfg: TrainConfig) -> tuple[torch.Tensor, ...]:
@@ -96,8 +118,8 @@ def load_test_split(cfg: TrainConfig) -> tuple[torch.Tensor, ...]:
     if cfg.task == "listops":
         return _listops_split(cfg, "test")
     if cfg.task == "digits":
-        return load_data(cfg)[1]  # 1,797 small images: the split is the cheap part
-    return _split_texts(cfg, _read_texts(cfg))[1]
+        return load_data(cfg)[2]  # 1,797 small images: the split is the cheap part
+    return _split_texts(cfg, _read_texts(cfg))[2]
 
 
 DIGIT_CLASSES = [str(d) for d in range(10)]
@@ -123,17 +145,15 @@ def _read_texts(cfg: TrainConfig) -> Any:
     return read_labelled_texts(Path(cfg.data))
 
 
-def _split_texts(
-    cfg: TrainConfig, data: Any
-) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-    from encoderkit.training.data.text import split
+def _split_texts(cfg: TrainConfig, data: Any) -> tuple[Tensors, Tensors, Tensors]:
+    from encoderkit.training.data.text import split3
 
-    train, test = split(data, seed=cfg.seed)
+    parts = split3(data, valid_fraction=VALID_FRACTION, seed=cfg.seed)
     tokenizer = text_tokenizer(cfg.text_max_length)
-    return (
-        (*encode_texts(tokenizer, train.texts), torch.tensor(train.labels)),
-        (*encode_texts(tokenizer, test.texts), torch.tensor(test.labels)),
+    train, valid, test = (
+        (*encode_texts(tokenizer, part.texts), torch.tensor(part.labels)) for part in parts
     )
+    return train, valid, test
 
 
 def model_config(cfg: TrainConfig) -> TextConfig | VisionConfig:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -36,7 +36,13 @@ def plot_run(run: str | Path, out: str | Path | None = None) -> Path:
     if not records:
         raise ValueError(f"{path} holds no metrics yet")
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for split, style in (("train", {"alpha": 0.5, "lw": 1}), ("eval", {"marker": "o", "lw": 2})):
+    styles: dict[str, dict[str, Any]] = {
+        "train": {"alpha": 0.5, "lw": 1},
+        "valid": {"marker": "o", "lw": 2},
+        "eval": {"marker": "o", "lw": 2},  # runs from before the validation split
+        "test": {"marker": "*", "ls": "none", "ms": 12},  # the best checkpoint, once
+    }
+    for split, style in styles.items():
         rows = [r for r in records if r["split"] == split]
         if rows:
             steps = [r["step"] for r in rows]

@@ -17,7 +17,13 @@ from encoderkit.training.data.listops import (
     generate,
     tokenize,
 )
-from encoderkit.training.data.text import LabelledTexts, read_labelled_texts, split
+from encoderkit.training.data.text import (
+    LabelledTexts,
+    holdout_mask,
+    read_labelled_texts,
+    split,
+    split3,
+)
 
 __all__ = [
     "CLS_ID",
@@ -29,10 +35,12 @@ __all__ = [
     "encode",
     "evaluate",
     "generate",
+    "holdout_mask",
     "load_digits_split",
     "read_digit_image",
     "read_labelled_texts",
     "split",
+    "split3",
     "tokenize",
     "write_digit_image",
 ]

@@ -1,4 +1,5 @@
-"""The user's own labelled texts: read from CSV or JSON Lines, split into train and test.
+"""The user's own labelled texts: read from CSV or JSON Lines, split into train, validation and
+test.
 
 Labels are kept as strings (``str()`` of whatever the file holds, surrounding spaces stripped,
 so ``1`` and ``"1"`` are the same class but ``1.0`` is another) and numbered by their sorted
@@ -161,23 +162,59 @@ def split(
         raise ValueError(f"need at least 2 examples to make a train and a test part, got {n}")
     # rounded first so that float fuzz (0.3 * 10 = 3.0000000000000004) does not add one
     n_test = min(max(math.ceil(round(test_fraction * n, 9)), 1), n - 1)
+    in_test = holdout_mask(np.asarray(data.labels, dtype=np.int64), n_test, seed)
+    return _subset(data, np.flatnonzero(~in_test)), _subset(data, np.flatnonzero(in_test))
+
+
+def split3(
+    data: LabelledTexts, valid_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[LabelledTexts, LabelledTexts, LabelledTexts]:
+    """Split into (train, validation, test), each non-empty and stratified as :func:`split` is.
+
+    The test part is ``split(data, test_fraction, seed)``'s, so runs made before the validation
+    split existed keep their test split; the validation part, ``valid_fraction`` of all the
+    examples, is then held out of the rest with the seed ``seed + 1``.
+    """
+    if isinstance(valid_fraction, bool) or not isinstance(valid_fraction, (int, float)):
+        raise TypeError(f"valid_fraction must be a float, got {type(valid_fraction).__name__}")
+    if not 0 < valid_fraction < 1 - test_fraction:
+        raise ValueError(
+            f"valid_fraction must be between 0 and 1 - test_fraction ({1 - test_fraction:g}), "
+            f"got {valid_fraction}"
+        )
+    rest, test = split(data, test_fraction, seed)
+    if len(rest.texts) < 2:
+        raise ValueError(
+            f"need at least 3 examples to make a train, a validation and a test part, got "
+            f"{len(data.texts)}"
+        )
+    train, valid = split(rest, valid_fraction / (1 - test_fraction), seed + 1)
+    return train, valid, test
+
+
+def holdout_mask(labels: np.ndarray, n_out: int, seed: int) -> np.ndarray:
+    """A boolean mask of ``n_out`` examples to hold out of ``labels`` (N,), the same for the same
+    arguments: stratified (each class gives its share up to rounding, see :func:`_allocate`)
+    when every class present has at least 2 examples, else a plain seeded shuffle."""
+    n = len(labels)
+    if not 0 < n_out < n:
+        raise ValueError(f"n_out must be between 1 and {n - 1} (one less than N), got {n_out}")
     rng = np.random.default_rng(seed)
-    labels = np.asarray(data.labels, dtype=np.int64)
-    counts = np.bincount(labels, minlength=len(data.classes))
+    counts = np.bincount(labels)
     present = np.flatnonzero(counts)
     if counts[present].min() >= 2:
-        per_class = _allocate(counts[present], n_test)
-        test = np.concatenate(
+        per_class = _allocate(counts[present], n_out)
+        held = np.concatenate(
             [
                 rng.permutation(np.flatnonzero(labels == c))[:k]
                 for c, k in zip(present, per_class, strict=True)
             ]
         )
     else:
-        test = rng.permutation(n)[:n_test]
-    in_test = np.zeros(n, dtype=bool)
-    in_test[test] = True
-    return _subset(data, np.flatnonzero(~in_test)), _subset(data, np.flatnonzero(in_test))
+        held = rng.permutation(n)[:n_out]
+    mask = np.zeros(n, dtype=bool)
+    mask[held] = True
+    return mask
 
 
 def _allocate(counts: np.ndarray, n_test: int) -> list[int]:
