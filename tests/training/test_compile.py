@@ -175,16 +175,19 @@ def test_resume_may_switch_compile_on_or_off(tmp_path):
     assert resume_config(tmp_path, {"compile": True}).compile is True
 
 
-def test_compile_without_a_cxx_compiler_fails_before_any_work(tmp_path, monkeypatch):
+def test_compile_without_a_cxx_compiler_fails_before_any_work(tmp_path):
     from torch._inductor import config as inductor
 
     from encoderkit.cli import main
 
-    # Where inductor looks for its compiler: nothing usable there
-    monkeypatch.setattr(inductor.cpp, "cxx", ("encoderkit-test-no-such-c++",))
     run = tmp_path / "run"
-    with pytest.raises(ValueError, match=r"--compile on the CPU needs a C\+\+ compiler"):
-        train(TrainConfig(out=str(run), compile=True, device="cpu"))
-    with pytest.raises(SystemExit, match=r"encoderkit train: --compile on the CPU needs a C\+\+"):
-        main(["train", "--compile", "--device", "cpu", "--out", str(run)])
+    # Where inductor looks for its compiler: nothing usable there. inductor's own patch puts the
+    # setting back afterwards (monkeypatch's undo would delete it from the config module)
+    with inductor.patch({"cpp.cxx": ("encoderkit-test-no-such-c++",)}):
+        with pytest.raises(ValueError, match=r"--compile on the CPU needs a C\+\+ compiler"):
+            train(TrainConfig(out=str(run), compile=True, device="cpu"))
+        with pytest.raises(
+            SystemExit, match=r"encoderkit train: --compile on the CPU needs a C\+\+"
+        ):
+            main(["train", "--compile", "--device", "cpu", "--out", str(run)])
     assert not run.exists()
