@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference import padding_mask
 
 from encoderkit import TextConfig, TextEncoder, VisionConfig, save_pretrained
 
@@ -28,14 +29,29 @@ VISION = VisionConfig(
     dropout=0.0, attention_dropout=0.0, norm_first=True,
 )  # fmt: skip
 
+needs_compiler = pytest.mark.skipif(
+    not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")),
+    reason="torch.compile on the CPU needs a C++ compiler",
+)
 
-def perturb(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+
+def text_batch(batch: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids (B, T) in [1, 60) and a right-padded 0/1 mask with random lengths, row 0 full."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 60, (batch, length), generator=g)
+    lengths = torch.randint(1, length + 1, (batch,), generator=g).tolist()
+    lengths[0] = length
+    return ids, padding_mask(lengths, length).long()
+
+
+def perturb(module: torch.nn.Module, seed: int | None = 0, scale: float = 0.3) -> torch.nn.Module:
     """Every parameter off its init (LayerNorm 1 / 0, zero biases), so nothing is trivial; in
-    eval mode."""
-    torch.manual_seed(seed)
+    eval mode. ``seed=None`` draws from the generator as it stands."""
+    if seed is not None:
+        torch.manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
+            p.add_(torch.randn_like(p) * scale)
     return module.eval()
 
 

@@ -6,11 +6,11 @@ rule; layers are local as the config says; compiled and exported models keep wor
 from __future__ import annotations
 
 import dataclasses
-import shutil
 
 import pytest
 import torch
 from reference import padding_mask, perturb_norms_and_biases, reference_attention
+from tiny import needs_compiler, text_batch
 
 from encoderkit import EncoderConfig, TextConfig, TextEncoder
 from encoderkit.layers import self_attention
@@ -25,10 +25,6 @@ from encoderkit.layers.varlen_kernels import varlen_attention_op
 ATOL = 1e-5
 KERNELS = ["loop", "repad"]
 WINDOWS = [1, 2, 3, 5, 8, 13, 40]  # 13 reaches past the longest sequence (12): full attention
-needs_compiler = pytest.mark.skipif(
-    not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")),
-    reason="torch.compile on the CPU needs a C++ compiler",
-)
 
 
 def holes_mask(T=12):
@@ -285,14 +281,6 @@ LOCAL_TEXT = TextConfig(
     dropout=0.0, attention_dropout=0.0, norm_first=True, position_encoding="rotary", window=4,
     global_every=3, first_attention_norm=False,
 )  # fmt: skip
-
-
-def text_batch(batch, length, seed):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, 60, (batch, length), generator=g)
-    lengths = torch.randint(1, length + 1, (batch,), generator=g).tolist()
-    lengths[0] = length
-    return ids, padding_mask(lengths, length).long()
 
 
 @pytest.mark.slow

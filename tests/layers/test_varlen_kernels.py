@@ -3,11 +3,10 @@ and the traced models it makes possible (torch.compile fullgraph, torch.export).
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 from reference import padding_mask, reference_attention
+from tiny import needs_compiler, text_batch
 
 from encoderkit import TextConfig, TextEncoder, VisionConfig, VisionEncoder
 from encoderkit.layers.packing import Packing, real_token_index
@@ -15,10 +14,6 @@ from encoderkit.layers.varlen import varlen_attention
 from encoderkit.layers.varlen_kernels import varlen_attention_op
 
 CPU_KERNELS = ["loop", "repad"]
-needs_compiler = pytest.mark.skipif(
-    not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")),
-    reason="torch.compile on the CPU needs a C++ compiler",
-)
 needs_flash = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
@@ -153,14 +148,6 @@ TEXT = TextConfig(
     vocab_size=60, d_model=32, n_heads=4, d_ff=64, n_layers=2, max_positions=32,
     dropout=0.0, attention_dropout=0.0,
 )  # fmt: skip
-
-
-def text_batch(batch, length, seed):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, 60, (batch, length), generator=g)
-    lengths = torch.randint(1, length + 1, (batch,), generator=g).tolist()
-    lengths[0] = length
-    return ids, padding_mask(lengths, length).long()
 
 
 def varlen_nodes(graph: torch.fx.Graph) -> int:

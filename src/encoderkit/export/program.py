@@ -25,7 +25,7 @@ from torch.export import Dim, ExportedProgram
 
 from encoderkit.models.config import TextConfig
 from encoderkit.models.heads import ImageClassifier, MaskedLM, SequenceClassifier, TokenClassifier
-from encoderkit.models.sentence import SentenceEncoder, longest_input
+from encoderkit.models.sentence import SentenceEncoder
 from encoderkit.models.text import TextEncoder
 from encoderkit.models.vision import VisionEncoder
 from encoderkit.utils.files import atomic_write
@@ -75,7 +75,7 @@ def graph_interface(model: Exportable) -> GraphInterface:
     text = model.model if isinstance(model, SentenceEncoder) else _text_encoder(model)
     config: TextConfig = text.config
     axes: dict[int, Dim] = {0: batch}
-    longest = longest_input(config)  # None: rotary / ALiBi positions, any length
+    longest = config.longest_input  # None: rotary / ALiBi positions, any length
     if longest is None or longest > 1:  # a length capped at 1 cannot be dynamic: it is 1
         axes[1] = Dim("sequence", min=1, max=longest)
     names: tuple[str, ...] = ("input_ids", "attention_mask")
@@ -112,7 +112,7 @@ def example_inputs(
         return {"pixel_values": torch.randn(shape, generator=generator)}
     text = model.model if isinstance(model, SentenceEncoder) else _text_encoder(model)
     tc: TextConfig = text.config
-    limit = longest_input(tc)  # None: rotary / ALiBi positions, any length
+    limit = tc.longest_input  # None: rotary / ALiBi positions, any length
     T = min(EXAMPLE_SEQ_LEN, limit or EXAMPLE_SEQ_LEN) if seq_len is None else seq_len
     if isinstance(T, bool) or not isinstance(T, int) or T < 1 or (limit and T > limit):
         allowed = "an int >= 1" if limit is None else f"an int in [1, {limit}]"

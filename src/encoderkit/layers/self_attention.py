@@ -127,8 +127,10 @@ class MultiHeadSelfAttention(nn.Module):
             x = x.masked_fill(~real[..., None], 0.0)  # (B, T) -> (B, T, 1)
         qkv = self.qkv(x).view(B, T, 3, H, K)  # (B, T, 3D) -> (B, T, 3, H, K)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # -> 3 x (B, H, T, K)
-        positions = token_positions(real, T, x.device)  # (B or 1, T)
-        if self.rope_base is not None:
+        positions = None  # counted only for a layer that uses them: rotary, ALiBi, a window
+        if self.rope_base is not None or self.slopes is not None or self.window is not None:
+            positions = token_positions(real, T, x.device)  # (B or 1, T)
+        if positions is not None and self.rope_base is not None:
             cos, sin = rotary_cos_sin(positions, K, self.rope_base, rotary_dtype(q.dtype))
             cos, sin = cos[:, None], sin[:, None]  # (B|1, T, K) -> (B|1, 1, T, K)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
@@ -137,13 +139,18 @@ class MultiHeadSelfAttention(nn.Module):
         if self.recorded is not None:
             # Observed beside the output path, so recording never changes the outputs.
             with torch.no_grad():
-                full = add_position_pattern(mask, positions, half, slopes, q.dtype)
+                full = (
+                    mask
+                    if positions is None
+                    else add_position_pattern(mask, positions, half, slopes, q.dtype)
+                )
                 self.recorded.append(attention_weights(q, k, full))
         dropout_p = self.dropout if self.training else 0.0
         if half is not None and self.backend != "math" and attn_mask is None:
             out = local_attention_padded(q, k, v, real, half, slopes, dropout_p)
         else:
-            mask = add_position_pattern(mask, positions, half, slopes, q.dtype)
+            if positions is not None:
+                mask = add_position_pattern(mask, positions, half, slopes, q.dtype)
             out = scaled_dot_product_attention(q, k, v, mask, dropout_p, self.backend)
         out = out.transpose(1, 2).reshape(B, T, D)  # (B, H, T, K) -> (B, T, H*K): concat heads
         return self.proj(out)

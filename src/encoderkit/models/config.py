@@ -61,6 +61,14 @@ class TextConfig(EncoderConfig):
             )
         check_bool("pooler", self.pooler)
 
+    @property
+    def longest_input(self) -> int | None:
+        """How many tokens the position table covers (RoBERTa's starts at an offset), or None
+        when positions have no table (rotary, ALiBi, none) and any length runs."""
+        if self.position_encoding in ("learned", "sinusoidal"):
+            return self.max_positions - self.position_offset
+        return None
+
 
 @dataclass(frozen=True, kw_only=True)
 class VisionConfig(EncoderConfig):

@@ -12,6 +12,8 @@ Shape legend: B batch, T tokens, D model width, W head width, C classes, V vocab
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from encoderkit.layers.config import EncoderConfig
 from encoderkit.layers.encoder import init_weights
 from encoderkit.models.config import TextConfig, VisionConfig
 from encoderkit.models.pooling import Pooling, pool_tokens
@@ -102,6 +105,15 @@ class HeadConfig:
                     f"{', '.join(used)} shape the dense layer, which this head has not: "
                     f"set dense=True or leave them unset"
                 )
+
+    def on(self, config: EncoderConfig) -> HeadConfig:
+        """This head with its defaults spelled out for an encoder of ``config``: the dropout
+        rate, and the LayerNorm eps when the head has a LayerNorm."""
+        return dataclasses.replace(
+            self,
+            dropout=config.dropout if self.dropout is None else self.dropout,
+            norm_eps=(self.norm_eps or config.layer_norm_eps) if self.norm else None,
+        )
 
 
 class Transform(nn.Module):
@@ -224,7 +236,7 @@ def _classification_head(
     config: TextConfig | VisionConfig, num_classes: int, head: HeadConfig
 ) -> ClassificationHead:
     """``head``'s layers on an encoder of ``config``, its defaults the encoder's (dropout, eps)."""
-    dropout = config.dropout if head.dropout is None else head.dropout
+    dropout = typing.cast(float, head.on(config).dropout)  # on() fills in the default
     return ClassificationHead(config.d_model, num_classes, dropout, head, config.layer_norm_eps)
 
 

@@ -34,7 +34,6 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from encoderkit.layers.config import EncoderConfig
 from encoderkit.models.config import TextConfig, VisionConfig
 from encoderkit.models.formats import FORMATS, Format, Task
 from encoderkit.models.formats.base import TaskKind
@@ -379,7 +378,7 @@ def _config_of(
     hf |= task.head_to_hf(head)
     read_back = task.head_from_hf(hf)
     # None means "the encoder's" (dropout, norm eps): compare the rates the model really uses
-    want, got = _resolved(read_back, encoder.config), _resolved(head, encoder.config)
+    want, got = read_back.on(encoder.config), head.on(encoder.config)
     if want != got:
         differ = [
             f"{f.name}={getattr(want, f.name)!r} (got {getattr(got, f.name)!r})"
@@ -398,17 +397,6 @@ def _config_of(
     if getattr(model, "problem_type", None) is not None:
         hf["problem_type"] = model.problem_type
     return hf
-
-
-def _resolved(head: HeadConfig, config: EncoderConfig) -> HeadConfig:
-    """``head`` with its defaults spelled out: dropout and LayerNorm eps of ``config``."""
-    return dataclasses.replace(
-        head,
-        dropout=config.dropout if head.dropout is None else head.dropout,
-        norm_eps=(config.layer_norm_eps if head.norm_eps is None else head.norm_eps)
-        if head.norm
-        else None,
-    )
 
 
 def _pooling_from_hf(hf: dict[str, Any], key: str | None) -> Pooling:

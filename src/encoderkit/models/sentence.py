@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoderkit.models.config import TextConfig
 from encoderkit.models.formats.checkpoint import read_json
 from encoderkit.models.pooling import Pooling, pool_tokens
 from encoderkit.models.pretrained import PretrainedError, load_pretrained
@@ -87,7 +86,7 @@ class SentenceEncoder(nn.Module):
             raise TypeError(f"max_seq_length must be an int, got {max_seq_length!r}")
         if max_seq_length < 1:
             raise ValueError(f"max_seq_length must be at least 1, got {max_seq_length}")
-        longest = longest_input(model.config)
+        longest = model.config.longest_input
         if longest is not None and max_seq_length > longest:
             raise ValueError(
                 f"max_seq_length must be at most the {longest} tokens the model's positions "
@@ -146,7 +145,7 @@ class SentenceEncoder(nn.Module):
             raise PretrainedError(
                 f"{pooling_file}: {key} must be the model's width {c.d_model}, got {width!r}"
             )
-        longest = longest_input(c)
+        longest = c.longest_input
         max_seq_length = sbert.get("max_seq_length")
         if max_seq_length is None:  # absent or null: as long as the model reads
             max_seq_length = c.max_positions if longest is None else longest
@@ -265,14 +264,6 @@ class SentenceEncoder(nn.Module):
                 f"own dtype, or convert it back with encoder.model.float()"
             )
         return torch.autocast(device_type, dtype=dtype)
-
-
-def longest_input(config: TextConfig) -> int | None:
-    """How many tokens a model's position table covers (RoBERTa's starts at an offset), or None
-    when its positions have no table (rotary, ALiBi, none) and any length runs."""
-    if config.position_encoding in ("learned", "sinusoidal"):
-        return config.max_positions - config.position_offset
-    return None
 
 
 def pad_token_ids(token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
