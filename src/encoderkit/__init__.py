@@ -24,6 +24,7 @@ from encoderkit.models.pretrained import PretrainedError, load_pretrained, save_
 from encoderkit.models.sentence import SentenceEncoder
 from encoderkit.models.text import TextEncoder
 from encoderkit.models.vision import VisionEncoder
+from encoderkit.training.api import Run, fit, load_run
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,7 @@ __all__ = [
     "MultiHeadSelfAttention",
     "PatchEmbedding",
     "PretrainedError",
+    "Run",
     "SentenceEncoder",
     "SequenceClassifier",
     "SinusoidalPositionalEncoding",
@@ -54,7 +56,9 @@ __all__ = [
     "check_onnx",
     "export_onnx",
     "export_program",
+    "fit",
     "load_pretrained",
+    "load_run",
     "make_attention_mask",
     "pool_tokens",
     "record_attention",

@@ -93,8 +93,8 @@ def test_train_eval_predict_and_plot(tmp_path, capsys):
 
     assert main(["eval", str(run)]) == 0
     evaluated = json.loads(capsys.readouterr().out)
-    assert evaluated["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-4)
-    assert evaluated["test_examples"] == 360
+    assert evaluated["accuracy"] == pytest.approx(results["test"]["accuracy"], abs=1e-4)
+    assert evaluated["examples"] == 360
 
     split = load_digits_split()
     paths = [str(write_digit_image(split.test_images[i], tmp_path / f"{i}.png")) for i in range(4)]

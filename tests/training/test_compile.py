@@ -14,7 +14,8 @@ from torch._dynamo.utils import counters
 from encoderkit.training import loop
 from encoderkit.training.checkpoint import list_checkpoints, load_checkpoint, step_of
 from encoderkit.training.config import TrainConfig
-from encoderkit.training.loop import batch, train
+from encoderkit.training.loop import train
+from encoderkit.training.objectives.classify import Classify
 from encoderkit.training.runs import resume_config
 
 # fp32, dropout off: the compiled kernels fuse and reorder the same sums, so the two runs agree
@@ -79,12 +80,14 @@ def test_a_compiled_run_computes_the_eager_losses_and_resumes_in_eager(
     train(TrainConfig(out=str(eager), **LISTOPS))
     shapes = []
 
-    def recording(*args):
-        inputs, labels = batch(*args)
-        shapes.append(tuple(inputs[0].shape))
-        return inputs, labels
+    real = Classify.batch
 
-    monkeypatch.setattr(loop, "batch", recording)
+    def recording(self, *args):
+        rows = real(self, *args)
+        shapes.append(tuple(rows["input_ids"].shape))
+        return rows
+
+    monkeypatch.setattr(Classify, "batch", recording)
     stopped = train(TrainConfig(out=str(mixed), compile=True, stop_at_step=4, **LISTOPS))
     monkeypatch.undo()
     assert stopped["steps"] == 4

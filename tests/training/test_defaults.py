@@ -86,26 +86,30 @@ def test_the_best_checkpoint_is_chosen_on_validation_and_test_is_reported(
 ):
     pytest.importorskip("sklearn", reason="the digits task reads scikit-learn's digits")
     real, sizes = loop.evaluate, []
-    valid_accuracies = iter([0.5, 0.9, 0.1, 0.2])  # the best on validation: the 2nd evaluation
+    # where training starts, then the best on validation: the 2nd evaluation
+    valid_accuracies = iter([0.05, 0.5, 0.9, 0.1, 0.2])
 
-    def spied(model, tensors, cfg, device):
-        sizes.append(len(tensors[-1]))
-        loss, accuracy = real(model, tensors, cfg, device)
-        return loss, (next(valid_accuracies) if len(tensors[-1]) == 144 else accuracy)
+    def spied(model, task, cfg, tensors=None, device=None):
+        n = len((task.valid if tensors is None else tensors)[-1])
+        sizes.append(n)
+        figures = real(model, task, cfg, tensors, device)
+        return figures | ({"accuracy": next(valid_accuracies)} if n == 144 else {})
 
     monkeypatch.setattr(loop, "evaluate", spied)
     run = tmp_path / "run"
     results = train(TrainConfig(out=str(run), **TINY | {"max_steps": 8}))
-    assert sizes == [144] * 4 + [360]  # 1,437 train images: 144 held out; the test split once
-    assert results["best_step"] == 4 and results["best_accuracy"] == 0.9
+    assert sizes == [144] * 5 + [360]  # 1,437 train images: 144 held out; the test split once
+    assert results["best_step"] == 4 and results["best_valid"] == 0.9
     splits = [(r["split"], r["step"]) for r in metrics(run) if r["split"] != "train"]
-    assert splits == [("valid", 2), ("valid", 4), ("valid", 6), ("valid", 8), ("test", 8)]
+    assert splits == [
+        ("start", 0), ("valid", 2), ("valid", 4), ("valid", 6), ("valid", 8), ("test", 8)
+    ]  # fmt: skip
     assert metrics(run)[-1]["checkpoint_step"] == 4
     monkeypatch.setattr(loop, "evaluate", real)
     assert main(["eval", str(run)]) == 0  # reports the test split, on the best checkpoint
     evaluated = json.loads(capsys.readouterr().out)
-    assert evaluated["split"] == "test" and evaluated["test_examples"] == 360
-    assert evaluated["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-4)
+    assert evaluated["split"] == "test" and evaluated["examples"] == 360
+    assert evaluated["accuracy"] == pytest.approx(results["test"]["accuracy"], abs=1e-4)
 
 
 def test_a_three_way_split_keeps_the_class_proportions():

@@ -1,5 +1,6 @@
 """The training tasks: each one's tensors against its data module, the model sized to fit them,
-all-MiniLM-L6-v2's weights copied exactly, and ``prepare_inputs`` agreeing with training."""
+all-MiniLM-L6-v2's weights copied exactly, and the classification objective's ``inputs``
+agreeing with training."""
 
 from __future__ import annotations
 
@@ -14,14 +15,8 @@ from encoderkit.models.config import TextConfig, VisionConfig
 from encoderkit.models.heads import ImageClassifier, SequenceClassifier
 from encoderkit.training.config import TrainConfig
 from encoderkit.training.data import listops
-from encoderkit.training.tasks import (
-    Task,
-    build_task,
-    encode_texts,
-    hold_out,
-    prepare_inputs,
-    text_tokenizer,
-)
+from encoderkit.training.objectives.classify import DIGIT_CLASSES, Classify, hold_out
+from encoderkit.training.tasks import Task, build_task
 
 TINY = {"d_model": 32, "n_heads": 2, "d_ff": 64, "n_layers": 1}
 LISTOPS = {"listops_train_size": 40, "listops_test_size": 10, "listops_max_length": 24}
@@ -78,7 +73,7 @@ def test_digits_task_is_the_8x8_split_and_a_vit_with_2x2_patches():
         logits = model(train_images[:3])
     assert hidden.shape == (3, 17, 32)  # a class token and 4 x 4 patches: what tokens() counts
     assert logits.shape == (3, 10)
-    assert task.tokens((train_images[:3],)) == 3 * 17
+    assert task.objective.tokens({"pixels": train_images[:3]}) == 3 * 17
 
 
 def test_listops_task_matches_the_generator_and_sizes_the_model():
@@ -107,7 +102,7 @@ def test_listops_task_matches_the_generator_and_sizes_the_model():
     with torch.no_grad():
         assert model(ids[:4], mask[:4]).shape == (4, 10)
     lengths = [len(tokens) + 1 for tokens, _ in listops.generate(40, max_length=24, seed=2)]
-    assert task.tokens((ids, mask)) == sum(lengths)
+    assert task.objective.tokens({"input_ids": ids, "attention_mask": mask}) == sum(lengths)
     assert len(task.train[-1]) == 36 and len(task.valid[-1]) == 4
 
 
@@ -140,7 +135,8 @@ def test_text_task_tokenizes_with_minilm_and_truncates(reviews):
     assert any(int(t[1].sum(dim=1).max()) == 8 for t in (task.train, task.valid, task.test))
     config = task.model.encoder.config
     assert config.vocab_size == plain.get_vocab_size() and config.max_positions == 8
-    assert task.tokens(task.train[:2]) == int(task.train[1].sum())
+    rows = task.objective.batch(task.train, torch.arange(len(task.train[0])), torch.device("cpu"))
+    assert task.objective.tokens(rows) == int(task.train[1].sum())
 
 
 def test_text_task_from_minilm_copies_its_weights_exactly(reviews, monkeypatch):
@@ -177,25 +173,24 @@ def test_bad_task_and_bad_init_raise_value_error(reviews):
         TrainConfig(task="images")  # type: ignore[arg-type]
     cfg = TrainConfig()
     cfg.task = "images"  # type: ignore[assignment]  # past the config's own check
-    with pytest.raises(ValueError, match=r"task must be one of \['digits', 'listops', 'text'\]"):
+    with pytest.raises(ValueError, match=r"task must be one of \['digits', 'listops', 'text', 'tok"):
         build_task(cfg)
-    with pytest.raises(ValueError, match=r"init must be one of .*got 'bert-base-uncased'"):
-        TrainConfig(task="text", data=str(reviews), init="bert-base-uncased")
     needs_minilm()
-    bad_init = TrainConfig(task="text", data=str(reviews))
-    bad_init.init = "bert-base-uncased"  # past the config's own check
-    with pytest.raises(ValueError, match="init must be 'scratch' or 'all-MiniLM-L6-v2', got 'bert"):
+    bad_init = TrainConfig(task="text", data=str(reviews), init="bert-base-uncased")
+    with pytest.raises(FileNotFoundError, match="a run directory; no directory at bert-base-unc"):
         build_task(bad_init)
+    with pytest.raises(ValueError, match="--init is for the text tasks; digits trains from scratch"):
+        build_task(TrainConfig(task="digits", init="all-MiniLM-L6-v2"))
 
 
 def test_task_tokens_counts_patches_and_class_token_or_unpadded_tokens():
-    model = nn.Identity()
-    digits = Task("digits", (), (), model, [])
-    assert digits.tokens((torch.zeros(5, 1, 8, 8),)) == 5 * 17
+    digits = Classify(TrainConfig(task="digits"))
+    assert digits.tokens({"pixels": torch.zeros(5, 1, 8, 8)}) == 5 * 17
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
     for name in ("listops", "text"):
-        task = Task(name, (), (), model, [])
-        assert task.tokens((torch.zeros(3, 4, dtype=torch.long), mask)) == 9
+        task = Task(name, Classify(TrainConfig(task=name)), (), (), nn.Identity(), [])
+        rows = {"input_ids": torch.zeros(3, 4, dtype=torch.long), "attention_mask": mask}
+        assert task.objective.tokens(rows) == 9
 
 
 def test_prepare_inputs_digits_reads_png_files_like_read_digit_image(tmp_path):
@@ -205,7 +200,7 @@ def test_prepare_inputs_digits_reads_png_files_like_read_digit_image(tmp_path):
     g = torch.Generator().manual_seed(0)
     images = torch.rand(3, 1, 8, 8, generator=g) * (torch.rand(3, 1, 8, 8, generator=g) > 0.7)
     paths = [write_digit_image(image, tmp_path / f"{i}.png") for i, image in enumerate(images)]
-    (inputs,) = prepare_inputs(TrainConfig(task="digits"), [str(p) for p in paths])
+    inputs = Classify(TrainConfig(task="digits")).inputs([str(p) for p in paths])["pixels"]
     assert inputs.shape == (3, 1, 8, 8) and inputs.dtype == torch.float32
     assert torch.equal(inputs, torch.stack([read_digit_image(p) for p in paths]))
     # and the files hold the images: 8-bit rounding, then scaled to a maximum of 1
@@ -216,7 +211,7 @@ def test_prepare_inputs_digits_reads_png_files_like_read_digit_image(tmp_path):
 def test_prepare_inputs_listops_encodes_expressions_like_training():
     cfg = TrainConfig(task="listops", listops_max_length=24)
     expressions = ["[MAX 2 9 [MIN 4 7 ] 0 ]", "3", "[SM 1 2 ]"]
-    ids, mask = prepare_inputs(cfg, expressions)
+    ids, mask = Classify(cfg).inputs(expressions).values()
     want_ids, want_mask, _ = listops.encode([(listops.tokenize(e), 0) for e in expressions], 24)
     assert torch.equal(ids, want_ids) and torch.equal(mask, want_mask)
     tokens = expressions[0].split()
@@ -229,11 +224,23 @@ def test_prepare_inputs_text_encodes_like_training():
     needs_minilm()
     cfg = TrainConfig(task="text", text_max_length=6)
     texts = ["  Short. ", "a much longer text that will be cut at six tokens"]
-    ids, mask = prepare_inputs(cfg, texts)
-    want_ids, want_mask = encode_texts(text_tokenizer(6), texts)
+    ids, mask = Classify(cfg).inputs(texts).values()
+    want_ids, want_mask = build_task_text_rows(texts, 6)
     assert torch.equal(ids, want_ids) and torch.equal(mask, want_mask)
     assert ids.shape == (2, 6) and (ids[:, 0] == CLS).all() and ids[1, -1] == SEP
     assert mask[1].all() and not mask[0].all()
+
+
+def build_task_text_rows(texts: list[str], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the text task's tensors hold for ``texts``: MiniLM's ids cut at ``length``, padded."""
+    from tokenizers import Tokenizer
+
+    from encoderkit.models.sentence import pad_token_ids, shipped_model_path
+
+    plain = Tokenizer.from_file(str(shipped_model_path() / "tokenizer.json"))
+    plain.enable_truncation(max_length=length)
+    plain.no_padding()
+    return pad_token_ids([plain.encode(t.strip()).ids for t in texts])
 
 
 def shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -256,7 +263,7 @@ def test_build_model_is_build_task_s_model_without_the_data(task, monkeypatch):
         encoderkit.training.data.digits, "load_digits_split", lambda **k: pytest.fail()
     )
     torch.manual_seed(0)
-    got = build_model(cfg, 10)
+    got = build_model(cfg, DIGIT_CLASSES)
     assert type(got) is type(want) and got.encoder.config == want.encoder.config
     assert model_config(cfg) == want.encoder.config
     assert all(torch.equal(v, want.state_dict()[k]) for k, v in got.state_dict().items())
@@ -294,9 +301,9 @@ def test_minilm_run_model_is_built_from_its_config_without_its_weights(reviews, 
     )
     assert model_config(cfg) == want.encoder.config
     with torch.device("meta"):
-        assert shapes(build_model(cfg, 3)) == shapes(want)
+        assert shapes(build_model(cfg, ["a", "b", "c"])) == shapes(want)
     too_long = dataclasses.replace(cfg, text_max_length=1000)
-    with pytest.raises(ValueError, match="text_max_length must be at most all-MiniLM-L6-v2's"):
+    with pytest.raises(ValueError, match="at most the 512 tokens all-MiniLM-L6-v2's positions"):
         model_config(too_long)
 
 
@@ -305,4 +312,4 @@ def test_text_run_model_from_scratch_takes_the_tokenizer_s_vocabulary():
     from encoderkit.training.tasks import model_config
 
     config = model_config(TrainConfig(task="text", text_max_length=8, **TINY))
-    assert config.vocab_size == text_tokenizer(8).get_vocab_size() and config.max_positions == 8
+    assert config.vocab_size == 30522 and config.max_positions == 8

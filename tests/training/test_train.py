@@ -28,6 +28,7 @@ from encoderkit.training.checkpoint import (
 )
 from encoderkit.training.config import TrainConfig
 from encoderkit.training.loop import NonFiniteError, evaluate, learning_rate, train
+from encoderkit.training.objectives.classify import Classify
 from encoderkit.training.rebuild import load_run_model
 from encoderkit.training.runs import RunError, resume_config
 
@@ -55,8 +56,8 @@ def test_learning_rate_warms_up_then_decays_to_zero():
 def test_digits_learns(tmp_path):
     cfg = TrainConfig(out=str(tmp_path), epochs=30, progress=False, eval_every=330)
     results = train(cfg)
-    assert results["best_accuracy"] >= 0.9  # validation (144 images): measured 0.924
-    assert results["test_accuracy"] >= 0.9
+    assert results["best_valid"] >= 0.9  # validation (144 images): measured 0.924
+    assert results["test"]["accuracy"] >= 0.9
     records = metrics(tmp_path)
     first = [r["loss"] for r in records if r["split"] == "train"][:10]
     last = [r["loss"] for r in records if r["split"] == "train"][-10:]
@@ -89,16 +90,14 @@ def test_checkpoints_keep_the_last_k_and_the_best(tmp_path):
 
 @pytest.mark.parametrize("policy", ["abort", "skip"])
 def test_a_non_finite_loss_never_reaches_the_weights(tmp_path, monkeypatch, policy):
-    import encoderkit.training.loop as training
-
-    real = training.compute_loss
+    real = Classify.loss
     calls = {"n": 0}
     snapshots: list[dict[str, torch.Tensor]] = []
 
-    def poisoned(logits, labels, cfg):
+    def poisoned(self, *args):
         calls["n"] += 1
-        loss = real(logits, labels, cfg)
-        return loss * math.nan if calls["n"] == 6 else loss
+        loss, sums = real(self, *args)
+        return (loss * math.nan, sums | {"loss": math.nan}) if calls["n"] == 6 else (loss, sums)
 
     original_step = torch.optim.AdamW.step
 
@@ -108,7 +107,7 @@ def test_a_non_finite_loss_never_reaches_the_weights(tmp_path, monkeypatch, poli
         )
         return original_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(training, "compute_loss", poisoned)
+    monkeypatch.setattr(Classify, "loss", poisoned)
     monkeypatch.setattr(torch.optim.AdamW, "step", watched_step)
     cfg = TrainConfig(out=str(tmp_path), max_steps=8, on_nonfinite=policy, **SMALL)
     if policy == "abort":
@@ -166,7 +165,7 @@ def test_listops_learns_above_the_majority_class(tmp_path):
     results = train(cfg)
     labels = [label for _, label in listops.generate(500, max_length=64, seed=1)]
     majority = max(labels.count(k) for k in range(10)) / len(labels)
-    assert results["best_accuracy"] > majority + 0.1
+    assert results["best_valid"] > majority + 0.1
 
 
 def test_text_task_trains_on_a_small_file(tmp_path):
@@ -182,15 +181,15 @@ def test_text_task_trains_on_a_small_file(tmp_path):
     results = train(TrainConfig(task="text", data=str(data), out=str(tmp_path / "run"),
                                 epochs=8, d_model=32, text_max_length=16,
                                 **SMALL | {"eval_every": 20}))  # fmt: skip
-    assert results["best_accuracy"] >= 0.95
+    assert results["best_valid"] >= 0.95
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["classes"] == ["neg", "pos"]
 
     # The run directory alone evaluates and predicts: the data may move (or be gone).
     data.rename(tmp_path / "elsewhere.csv")
     cfg, task = load_run_model(tmp_path / "run", test_split=True)
-    _, accuracy = evaluate(task.model, task.test, cfg, torch.device("cpu"))
-    assert accuracy == results["test_accuracy"]
+    figures = evaluate(task.model, task, cfg, task.test)
+    assert figures == results["test"]
     assert len(task.test[-1]) == round(0.2 * 240)
 
 
@@ -369,20 +368,20 @@ def test_an_interrupted_run_reports_none_for_what_it_never_measured(tmp_path, ca
     run = tmp_path / "run"
     results = train(TrainConfig(out=str(run), stop_at_step=1, **TINY))
     assert results["steps"] == 1 and results["stopped"] == "stop_at_step=1"
-    assert results["test_accuracy"] is None and results["best_accuracy"] is None
+    assert results["test"] is None and results["best_valid"] is None
     assert results["best_step"] is None
     saved = json.loads((run / "results.json").read_text())
-    assert saved["test_accuracy"] is None and saved["best_accuracy"] is None
+    assert saved["test"] is None and saved["best_valid"] is None
     _, state, _ = load_checkpoint(latest_checkpoint(run))
-    assert state["progress"]["accuracy"] is None and state["progress"]["best_accuracy"] is None
+    assert state["progress"]["score"] is None and state["progress"]["best_score"] is None
     args = ["train", "--out", str(tmp_path / "cli"), "--stop-at-step", "1", "--max-steps", "4",
             "--n-layers", "1", "--eval-every", "2", "--no-progress"]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "validation accuracy n/a (not evaluated yet) after 1 steps" in out
-    assert json.loads(out.splitlines()[-1])["best_accuracy"] is None
+    assert json.loads(out.splitlines()[-1])["best_valid"] is None
     # resumed, it measures and reports numbers
-    assert train(resume_config(run, {"stop_at_step": None}), resume=True)["best_accuracy"] > 0
+    assert train(resume_config(run, {"stop_at_step": None}), resume=True)["best_valid"] > 0
 
 
 def test_a_directory_that_is_not_a_run_is_refused_and_left_untouched(tmp_path):
@@ -425,10 +424,13 @@ def test_the_run_marker_is_written_before_anything_else(tmp_path, monkeypatch):
 
 
 def _poison_first_step(monkeypatch) -> None:
-    import encoderkit.training.loop as training
+    real = Classify.loss
 
-    real = training.compute_loss
-    monkeypatch.setattr(training, "compute_loss", lambda *a: real(*a) * math.nan)
+    def poisoned(self, *args):
+        loss, sums = real(self, *args)
+        return loss * math.nan, sums | {"loss": math.nan}
+
+    monkeypatch.setattr(Classify, "loss", poisoned)
 
 
 def test_a_run_aborted_before_its_first_checkpoint_restarts_with_the_same_command(
@@ -508,8 +510,11 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path, sign
 def test_a_best_checkpoint_that_is_gone_is_reported_not_replaced(tmp_path, monkeypatch):
     import encoderkit.training.loop as training
 
-    accuracies = iter([0.9, 0.1, 0.5])  # the first evaluation (step 2) is the best; then test
-    monkeypatch.setattr(training, "evaluate", lambda *a: (1.0, next(accuracies)))
+    # where it starts; the first evaluation (step 2) is the best; step 4; then test
+    accuracies = iter([0.0, 0.9, 0.1, 0.5])
+    monkeypatch.setattr(
+        training, "evaluate", lambda *a, **k: {"loss": 1.0, "accuracy": next(accuracies)}
+    )
     run = tmp_path / "run"
     train(TrainConfig(out=str(run), keep_last=1, **TINY))
     assert [p.name for p in list_checkpoints(run)] == ["step-00000002", "step-00000004"]

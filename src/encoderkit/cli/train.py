@@ -13,8 +13,6 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import torch
-
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -25,21 +23,41 @@ log = logging.getLogger(__name__)
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser(
-        "train", help="train or fine-tune (digits, listops, text); --resume RUN continues"
+        "train",
+        help="train or fine-tune (digits, listops, text, tokens, pairs, mlm); --resume RUN "
+        "continues",
     )
     train.add_argument("--config", type=Path, help="a TOML file of TrainConfig fields")
     train.add_argument("--resume", type=Path, metavar="RUN", help="continue this run exactly")
     add_config_flags(train)
     train.set_defaults(run=run_training)
 
-    evaluate = commands.add_parser("eval", help="accuracy of a run's best checkpoint")
+    evaluate = commands.add_parser(
+        "eval", help="a run's best checkpoint on its test split or on a new labelled file"
+    )
     evaluate.add_argument("run_dir", metavar="run", type=Path)
     evaluate.add_argument("--checkpoint", choices=["best", "latest"], default="best")
+    evaluate.add_argument(
+        "--data", type=Path, help="a labelled file in the training format (default: test split)"
+    )
     evaluate.set_defaults(run=run_eval)
 
-    predict = commands.add_parser("predict", help="classify texts or image files with a run")
+    predict = commands.add_parser(
+        "predict", help="use a run: labels, values, tags, embeddings or [MASK] fills"
+    )
     predict.add_argument("run_dir", metavar="run", type=Path)
-    predict.add_argument("inputs", nargs="+", help="texts, ListOps expressions or image files")
+    predict.add_argument("inputs", nargs="*", help="texts, ListOps expressions or image files")
+    predict.add_argument(
+        "--file",
+        type=Path,
+        help="inputs from a file: one per line (.txt), or a text column (.csv, .jsonl)",
+    )
+    predict.add_argument(
+        "--json",
+        type=Path,
+        metavar="OUT",
+        help="write the records as JSON Lines to OUT ('-': standard output)",
+    )
     predict.add_argument("--checkpoint", choices=["best", "latest"], default="best")
     predict.set_defaults(run=run_predict)
 
@@ -57,6 +75,10 @@ HELP = {
     ),
     "lr": "peak learning rate; default: 0.002 from scratch, 3e-05 with --init all-MiniLM-L6-v2",
     "out": "the run directory; default: runs/<task>-<YYYYmmdd-HHMMSS>",
+    "init": "scratch, all-MiniLM-L6-v2, a pretrained model directory or a run directory; "
+    "default: scratch",
+    "data": "text: .csv/.jsonl with text,label; tokens: a CoNLL file; pairs: .csv/.jsonl with "
+    "anchor,positive[,negative]; mlm: a text file or folder",
 }
 
 
@@ -143,21 +165,7 @@ def run_training(args: argparse.Namespace) -> int:
         raise SystemExit(f"encoderkit train: {e}") from e
     except NonFiniteError as e:
         raise SystemExit(f"encoderkit train: {e}") from e
-    if results["best_accuracy"] is None:  # stopped before its first evaluation
-        measured = "validation accuracy n/a (not evaluated yet)"
-    else:
-        measured = (
-            f"best validation accuracy {results['best_accuracy']:.4f} at step "
-            f"{results['best_step']}; test accuracy of that checkpoint "
-        ) + (
-            "n/a (not finished)"
-            if results["test_accuracy"] is None
-            else f"{results['test_accuracy']:.4f}"
-        )
-    print(
-        f"{cfg.task}: {measured} after {results['steps']} steps in {results['seconds']:.0f} s; "
-        f"run directory {cfg.out}"
-    )
+    print(f"{cfg.task}: {summary(results)}; run directory {cfg.out}")
     print(json.dumps(results))
     exit_codes = {"interrupted": 130, "terminated": 143}  # 128 + SIGINT, 128 + SIGTERM
     if results["stopped"] in exit_codes:
@@ -166,47 +174,92 @@ def run_training(args: argparse.Namespace) -> int:
     return 0
 
 
+def summary(results: dict[str, Any]) -> str:
+    """One line: the best validation figure, the test figure of that checkpoint, steps, time."""
+    metric = results["metric"]
+    if results["best_valid"] is None:  # stopped before its first evaluation
+        measured = f"validation {metric} n/a (not evaluated yet)"
+    else:
+        test = results["test"]
+        measured = (
+            f"best validation {metric} {results['best_valid']:.4f} at step "
+            f"{results['best_step']}; test {metric} of that checkpoint "
+        ) + ("n/a (not finished)" if test is None else f"{test[metric]:.4f}")
+    return f"{measured} after {results['steps']} steps in {results['seconds']:.0f} s"
+
+
 def run_eval(args: argparse.Namespace) -> int:
+    from encoderkit.training.api import load_run
     from encoderkit.training.checkpoint import CheckpointError
-    from encoderkit.training.loop import evaluate
-    from encoderkit.training.rebuild import load_run_model
 
     try:
-        cfg, task = load_run_model(args.run_dir, args.checkpoint, test_split=True)
-    except (CheckpointError, ValueError, OSError) as e:
+        run = load_run(args.run_dir, args.checkpoint)
+        figures = run.evaluate(args.data)
+    except (CheckpointError, ValueError, OSError, NotImplementedError) as e:
         raise SystemExit(f"encoderkit eval: {e}") from e
-    loss, accuracy = evaluate(task.model, task.test, cfg, torch.device("cpu"))
+    split = "test" if args.data is None else str(args.data)
+    rounded = {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}
     print(
-        json.dumps(
-            {
-                "run": str(args.run_dir),
-                "task": cfg.task,
-                "split": "test",
-                "test_examples": len(task.test[-1]),
-                "loss": round(loss, 4),
-                "accuracy": round(accuracy, 4),
-            }
-        )
+        json.dumps({"run": str(args.run_dir), "task": run.config.task, "split": split, **rounded})
     )
     return 0
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from encoderkit.training.api import load_run
     from encoderkit.training.checkpoint import CheckpointError
-    from encoderkit.training.rebuild import load_run_model
-    from encoderkit.training.tasks import prepare_inputs
 
     try:
-        cfg, task = load_run_model(args.run_dir, args.checkpoint)
-        inputs = prepare_inputs(cfg, args.inputs)
+        items = list(args.inputs) + (read_items(args.file) if args.file is not None else [])
+        if not items:
+            raise ValueError("give inputs to predict, or --file FILE")
+        run = load_run(args.run_dir, args.checkpoint)
+        records = run.predict(items)
     except (CheckpointError, ValueError, OSError) as e:
         raise SystemExit(f"encoderkit predict: {e}") from e
-    with torch.no_grad():
-        probs = task.model(*inputs).softmax(-1)
-    for text, p in zip(args.inputs, probs, strict=True):
-        k = int(p.argmax())
-        print(f"{task.classes[k]}\t{float(p[k]):.3f}\t{text}")
+    if args.json is not None:
+        lines = "".join(
+            json.dumps({"input": item, **record}) + "\n"
+            for item, record in zip(items, records, strict=True)
+        )
+        if str(args.json) == "-":
+            sys.stdout.write(lines)
+        else:
+            from encoderkit.utils.files import atomic_write_text
+
+            atomic_write_text(args.json, lines)
+            print(f"wrote {len(records)} predictions to {args.json}")
+        return 0
+    for item, record in zip(items, records, strict=True):
+        print(f"{describe(record)}\t{item}")
     return 0
+
+
+def describe(record: dict[str, Any]) -> str:
+    """A prediction record in a few words for the terminal (--json keeps everything)."""
+    if "label" in record:
+        return f"{record['label']}\t{record['probability']:.3f}"
+    if "value" in record:
+        return f"{record['value']:.4f}"
+    if "tags" in record:
+        return " ".join(f"{e['text']}/{e['type']}" for e in record["entities"]) or "(no entities)"
+    if "embedding" in record:
+        head = ", ".join(f"{v:.3f}" for v in record["embedding"][:4])
+        return f"[{head}, ...] ({len(record['embedding'])} dims)"
+    return json.dumps(record)[:120]
+
+
+def read_items(path: Path) -> list[str]:
+    """Inputs from a file: one per non-empty line, or the ``text`` column of a .csv / .jsonl."""
+    if path.suffix.lower() in (".csv", ".jsonl"):
+        from encoderkit.training.data.text import read_texts
+
+        return read_texts(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from e
+    return [line.strip() for line in lines if line.strip()]
 
 
 def run_plot(args: argparse.Namespace) -> int:

@@ -1,9 +1,11 @@
 """Training and fine-tuning: small functions around one readable loop.
 
-AdamW with linear warm-up and cosine decay, gradient clipping and accumulation, bf16 autocast on
-GPUs, evaluation on the validation split every N steps with early stopping (the best checkpoint
-is the best on validation; the test split is evaluated once, on that checkpoint, at the end), and
-checkpoints (``checkpoint.py``) from which
+What is learnt and measured is the task's objective (``training.objectives``): classes, tags,
+sentence pairs or masked tokens; the loop is the same for all. AdamW with linear warm-up and
+cosine decay, gradient clipping and accumulation, bf16 autocast on GPUs, evaluation on the
+validation split before the first step (where training starts) and every N steps, with early
+stopping on the objective's metric (the best checkpoint is the best on validation; the test split
+is evaluated once, on that checkpoint, at the end), and checkpoints (``checkpoint.py``) from which
 ``--resume`` continues exactly: the same batches and, in one process, bit-identical losses. A
 non-finite loss or gradient norm stops the step before the optimizer touches the weights.
 
@@ -31,12 +33,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from encoderkit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from encoderkit.training.config import TrainConfig
 from encoderkit.training.distributed import Ranks, epoch_order, setup_distributed
+from encoderkit.training.rebuild import pick_checkpoint, saved_progress
 from encoderkit.training.runs import (
     RUN_MARKER,
     MetricsLog,
@@ -64,8 +66,9 @@ class Progress:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
-    accuracy: float | None = None  # validation, at the latest evaluation; None before the first
-    best_accuracy: float | None = None  # validation
+    # the objective's metric on validation (accuracy, entity F1, ...); None before the first
+    score: float | None = None  # at the latest evaluation
+    best_score: float | None = None
     best_step: int = 0
     evals_since_best: int = 0
     skipped_steps: int = 0
@@ -78,10 +81,6 @@ def learning_rate(step: int, total: int, peak: float, warmup_fraction: float) ->
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return peak * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def compute_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    return F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
@@ -113,6 +112,10 @@ def train_on(ranks: Ranks, cfg: TrainConfig, *, resume: bool) -> dict[str, Any]:
     if resume_from is None:  # a resumed run's saved config holds what was fitted at its start
         cfg = fit_to_task(cfg, task, ranks)
     model = task.model.to(ranks.device)
+    if cfg.gradient_checkpointing:
+        from encoderkit.layers.encoder import set_gradient_checkpointing
+
+        set_gradient_checkpointing(model, True)
     optimizer = make_optimizer(model, cfg, ranks.device)
     progress = Progress()
     if resume_from is not None:
@@ -128,17 +131,19 @@ def train_on(ranks: Ranks, cfg: TrainConfig, *, resume: bool) -> dict[str, Any]:
     # dynamo cannot trace DDP's forward in one graph.
     forward = compiled(model, cfg)
     net = nn.parallel.DistributedDataParallel(forward) if ranks.world > 1 else forward
-    n_train = len(task.train[-1])
+    n_train = len(task.train[0])
     steps_per_epoch = n_train // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the {n_train} examples")
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     with writing(run, "metrics.jsonl"):
-        logger = MetricsLog(run, ranks, total, progress.step, cfg.progress)
+        logger = MetricsLog(run, ranks, total, progress.step, cfg.progress, cfg.tensorboard)
     stop = StopRequest()
     early_stop = False
     started = time.perf_counter()
     try:
+        if resume_from is None and progress.step == 0:  # where training starts, for comparison
+            logger.write({"step": 0, "epoch": 0, "split": "start", **evaluate(forward, task, cfg)})
         while progress.step < total and not stop.reason:
             order = epoch_order(n_train, cfg, progress.epoch, ranks)
             per_rank = cfg.batch_size // ranks.world
@@ -182,22 +187,25 @@ def train_on(ranks: Ranks, cfg: TrainConfig, *, resume: bool) -> dict[str, Any]:
                 progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
         # Finished (not interrupted): the best checkpoint on the test split, once. An interrupted
         # run writes no test line, so its resumed metrics equal an uninterrupted run's.
-        test_accuracy = None
-        if (progress.step == total or early_stop) and progress.best_accuracy is not None:
-            test_accuracy = test_best(run, model, forward, task, cfg, ranks, progress, logger)
+        test = None
+        if (progress.step == total or early_stop) and progress.best_score is not None:
+            test = test_best(run, model, forward, task, cfg, ranks, progress, logger)
+            if ranks.main:
+                task.objective.export(model, run)
     finally:
         stop.restore()
         logger.close()
     seconds = time.perf_counter() - started
     results = {
         "task": cfg.task,
+        "metric": task.objective.metric,  # what chose the best checkpoint (higher is better)
         "steps": progress.step,
         "total_steps": total,
         "seconds": round(seconds, 1),
-        "test_accuracy": test_accuracy,  # of the best checkpoint; None: not finished
-        "valid_accuracy": progress.accuracy,  # at the latest evaluation; None: never evaluated
-        "best_accuracy": progress.best_accuracy,  # on validation
-        "best_step": progress.best_step if progress.best_accuracy is not None else None,
+        "valid": progress.score,  # the metric at the latest evaluation; None: never evaluated
+        "best_valid": progress.best_score,
+        "best_step": progress.best_step if progress.best_score is not None else None,
+        "test": test,  # every figure of the best checkpoint on test; None: not finished
         "skipped_steps": progress.skipped_steps,
         "stopped": stop.reason or None,
     }
@@ -217,7 +225,7 @@ def fit_to_task(cfg: TrainConfig, task: Task, ranks: Ranks) -> TrainConfig:
     data (a multiple of ``grad_accum`` and the number of ranks), and the model's own sizes (a
     pretrained model's, not the flags' defaults)."""
     changes: dict[str, Any] = {}
-    n_train, step = len(task.train[-1]), cfg.grad_accum * ranks.world
+    n_train, step = len(task.train[0]), cfg.grad_accum * ranks.world
     if cfg.batch_size > n_train and n_train >= step:
         changes["batch_size"] = n_train // step * step
         log.info(
@@ -301,27 +309,30 @@ def train_step(
     total: int,
 ) -> dict[str, Any] | None:
     """One optimizer step over this rank's share of a global batch; None if it was skipped."""
+    objective = task.objective
     net.train()
     optimizer.zero_grad(set_to_none=True)
     micro = len(indices) // cfg.grad_accum
-    sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
+    sums: dict[str, float] = {}
     tokens = 0
     for m in range(cfg.grad_accum):
-        inputs, labels = batch(task.train, indices[m * micro : (m + 1) * micro], ranks.device)
+        rows = objective.batch(task.train, indices[m * micro : (m + 1) * micro], ranks.device)
         last = m == cfg.grad_accum - 1
         sync = contextlib.nullcontext() if last or ranks.world == 1 else net.no_sync()  # type: ignore[operator]
         with sync, autocast(cfg, ranks):
-            logits = net(*inputs)
-            loss = compute_loss(logits, labels, cfg)
+            loss, counts = objective.loss(net, rows, step_generator(cfg, progress.step, ranks, m))
             (loss / cfg.grad_accum).backward()
-        n = len(labels)
-        sums += torch.tensor([loss.item() * n, (logits.argmax(-1) == labels).sum().item(), n])
-        tokens += task.tokens(inputs)
+        for key, value in counts.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+        tokens += objective.tokens(rows)
+    totals = torch.tensor(list(sums.values()), dtype=torch.float64)
     if ranks.world > 1:
-        dist.all_reduce(sums)
+        dist.all_reduce(totals)
+    sums = dict(zip(sums, totals.tolist(), strict=True))
     max_norm = cfg.clip_grad_norm if cfg.clip_grad_norm is not None else math.inf
     grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-    loss_value = float(sums[0] / sums[2])
+    n = sums.pop("n")
+    loss_value = sums.pop("loss") / n if n else math.nan
     if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
         optimizer.zero_grad(set_to_none=True)
         message = (
@@ -339,28 +350,19 @@ def train_step(
     optimizer.step()
     return {
         "loss": loss_value,
-        "accuracy": float(sums[1] / sums[2]),
+        **{key: value / n for key, value in sums.items()},  # accuracy: the share right
         "lr": lr,
         "grad_norm": grad_norm,
         "tokens": tokens * ranks.world,
     }
 
 
-def batch(
-    tensors: tuple[torch.Tensor, ...], indices: torch.Tensor, device: torch.device
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """The rows ``indices`` of every tensor: (inputs, labels). Token batches (ids, mask) lose the
-    columns that are padding in every row, so short sequences cost what they are, not what the
-    longest example in the data set is."""
-    rows = [t[indices] for t in tensors]
-    if len(rows) == 3 and rows[1].dtype == torch.bool:
-        longest = max(1, int(rows[1].sum(dim=1).max()))
-        # (B, T) -> (B, longest), copied: a compiled forward guards on its inputs' strides and
-        # on whether they are views, so a column slice (row stride T, or a view when longest is
-        # T) would make some lengths compile again
-        rows[:2] = [t[:, :longest].clone(memory_format=torch.contiguous_format) for t in rows[:2]]
-    rows = [t.to(device, non_blocking=True) for t in rows]
-    return rows[:-1], rows[-1]
+def step_generator(cfg: TrainConfig, step: int, ranks: Ranks, micro: int) -> torch.Generator:
+    """The random numbers a loss draws (masking, say) at this step, rank and micro-batch: a
+    function of them and the seed alone, so a resumed run draws what an uninterrupted one did,
+    whatever the global random state."""
+    seed = ((cfg.seed * 1_000_003 + step) * 4_099 + ranks.rank) * 257 + micro
+    return torch.Generator().manual_seed(seed % 2**63)
 
 
 def autocast(cfg: TrainConfig, ranks: Ranks) -> contextlib.AbstractContextManager[Any]:
@@ -372,21 +374,17 @@ def autocast(cfg: TrainConfig, ranks: Ranks) -> contextlib.AbstractContextManage
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    tensors: tuple[torch.Tensor, ...],
+    task: Task,
     cfg: TrainConfig,
-    device: torch.device,
-) -> tuple[float, float]:
-    """(mean loss, accuracy) over ``tensors`` in eval mode."""
+    tensors: tuple[torch.Tensor, ...] | None = None,
+    device: torch.device | None = None,
+) -> dict[str, float]:
+    """The objective's figures over ``tensors`` (default: the validation split) in eval mode."""
     model.eval()
-    n = len(tensors[-1])
-    loss_sum, correct = 0.0, 0
-    for start in range(0, n, 256):
-        inputs, labels = batch(tensors, torch.arange(start, min(n, start + 256)), device)
-        with autocast(cfg, Ranks(device=device)):
-            logits = model(*inputs).float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        correct += int((logits.argmax(-1) == labels).sum())
-    return loss_sum / n, correct / n
+    device = next(model.parameters()).device if device is None else device
+    tensors = task.valid if tensors is None else tensors
+    with autocast(cfg, Ranks(device=device)):
+        return task.objective.evaluate(model, tensors, device)
 
 
 def evaluate_and_track(
@@ -399,20 +397,13 @@ def evaluate_and_track(
 ) -> bool:
     """Evaluate on the validation split, log it, and track the best; True if this is a new best.
     The test split plays no part in choosing: it is reported once, by :func:`test_best`."""
-    loss, accuracy = evaluate(model, task.valid, cfg, ranks.device)
-    progress.accuracy = accuracy
-    logger.write(
-        {
-            "step": progress.step,
-            "epoch": progress.epoch,
-            "split": "valid",
-            "loss": loss,
-            "accuracy": accuracy,
-        }
-    )
-    if progress.best_accuracy is None or accuracy > progress.best_accuracy:
-        progress.best_accuracy, progress.best_step, progress.evals_since_best = (
-            accuracy,
+    figures = evaluate(model, task, cfg, device=ranks.device)
+    score = figures[task.objective.metric]
+    progress.score = score
+    logger.write({"step": progress.step, "epoch": progress.epoch, "split": "valid", **figures})
+    if progress.best_score is None or score > progress.best_score:
+        progress.best_score, progress.best_step, progress.evals_since_best = (
+            score,
             progress.step,
             0,
         )
@@ -430,27 +421,24 @@ def test_best(
     ranks: Ranks,
     progress: Progress,
     logger: MetricsLog,
-) -> float | None:
-    """The best checkpoint's test accuracy, logged as a ``test`` line (rank 0; None elsewhere).
+) -> dict[str, float] | None:
+    """The best checkpoint's test figures, logged as a ``test`` line (rank 0; None elsewhere).
     Loads that checkpoint's weights into ``model``: training is over."""
     if not ranks.main:
         return None
-    from encoderkit.training.rebuild import pick_checkpoint
-
     weights, _, _ = load_checkpoint(pick_checkpoint(run, "best"))
     model.load_state_dict(weights)
-    loss, accuracy = evaluate(forward, task.test, cfg, ranks.device)
+    figures = evaluate(forward, task, cfg, task.test, ranks.device)
     logger.write(
         {
             "step": progress.step,
             "epoch": progress.epoch,
             "split": "test",
             "checkpoint_step": progress.best_step,
-            "loss": loss,
-            "accuracy": accuracy,
+            **figures,
         }
     )
-    return accuracy
+    return figures
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -507,11 +495,7 @@ def restore(
     weights, state, _ = load_checkpoint(path)
     model.load_state_dict(weights)
     optimizer.load_state_dict(state["optimizer"])
-    saved = dict(state["progress"])
-    for name in ("accuracy", "best_accuracy"):  # runs saved before None meant "not measured"
-        if saved.get(name) is not None and saved[name] < 0:
-            saved[name] = None
-    progress = Progress(**saved)
+    progress = Progress(**saved_progress(state["progress"]))
     torch.set_rng_state(state["rng_cpu"])
     if state["rng_cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng_cuda"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -20,8 +20,9 @@ from encoderkit.training.checkpoint import (
     step_of,
 )
 from encoderkit.training.config import TrainConfig
-from encoderkit.training.runs import read_run_file, read_test_split
-from encoderkit.training.tasks import Task, build_model, load_test_split, model_config
+from encoderkit.training.objectives import objective_for
+from encoderkit.training.runs import read_model_config, read_run_file, read_test_split
+from encoderkit.training.tasks import Task, load_test_split, model_config
 from encoderkit.utils.checks import check_choice
 
 log = logging.getLogger(__name__)
@@ -41,23 +42,26 @@ def load_run_model(
     """
     run = Path(run)
     cfg, classes = read_run_file(run)
+    objective = objective_for(cfg, run)
+    objective.classes = classes
     path = pick_checkpoint(run, which)
     shapes = read_weights_header(path / "model.safetensors")
-    config = model_config(cfg)
+    # the model as built (a pretrained one's sizes: --init need not be there any more)
+    config = read_model_config(run) or model_config(cfg)
     _check_layer_count(config.n_layers, shapes, path)
     with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
         try:
             with torch.device("meta"):  # shapes only: nothing is allocated yet
-                skeleton = build_model(cfg, len(classes), config)
+                skeleton = objective.build_model(config, classes)
         except RuntimeError as e:  # sizes whose product overflows, say
             raise CheckpointError(f"{run}/config.json asks sizes no tensor can have ({e})") from e
         _check_shapes(skeleton, shapes, path)
-        model = build_model(cfg, len(classes), config)
+        model = objective.build_model(config, classes)
     weights, _, _ = load_checkpoint(path)
     model.load_state_dict(weights)
     model.eval()
     test = (read_test_split(run) or load_test_split(cfg)) if test_split else ()
-    return cfg, Task(cfg.task, (), test, model, classes)
+    return cfg, Task(cfg.task, objective, (), test, model, classes)
 
 
 def pick_checkpoint(run: Path, which: Literal["best", "latest"]) -> Path:
@@ -67,8 +71,8 @@ def pick_checkpoint(run: Path, which: Literal["best", "latest"]) -> Path:
     latest = latest_checkpoint(run)
     if which == "latest":
         return latest
-    progress = read_meta(latest).get("progress", {})
-    if progress.get("best_accuracy") is None or progress["best_accuracy"] < 0:
+    progress = saved_progress(read_meta(latest).get("progress", {}))
+    if progress.get("best_score") is None:
         log.warning("%s was never evaluated: using its latest checkpoint, %s", run, latest.name)
         return latest
     best = progress["best_step"]
@@ -109,3 +113,15 @@ def _check_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]], path: Pa
                 f"config.json does not match {where}: {key} should be {shape} by the config, "
                 f"found {shapes[key]}"
             )
+
+
+def saved_progress(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's progress record in today's fields: runs saved before objectives called the
+    metric ``accuracy``; and before None meant "not measured", a negative value did."""
+    saved = dict(saved)
+    for old, new in (("accuracy", "score"), ("best_accuracy", "best_score")):
+        if old in saved:
+            saved[new] = saved.pop(old)
+        if saved.get(new) is not None and saved[new] < 0:
+            saved[new] = None
+    return saved

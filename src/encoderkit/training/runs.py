@@ -45,6 +45,8 @@ STALE = (
     "curves.png",
     "checkpoints",
     TEST_SPLIT,
+    "tokenizer.json",
+    "tensorboard",
 )  # what a restart clears
 
 
@@ -141,7 +143,7 @@ def start_run(run: Path, cfg: TrainConfig, task: Task, stale: bool) -> None:
     """Mark ``run`` as ours (first of all), clear a previous attempt's files, save the config."""
     with writing(run, RUN_MARKER):
         write_marker(run)
-    if stale:
+    if stale and any((run / name).exists() for name in STALE):
         log.warning("%s holds no valid checkpoint: starting it again from step 0", run)
         with writing(run, "a previous attempt's files"):
             for name in STALE:
@@ -154,6 +156,12 @@ def start_run(run: Path, cfg: TrainConfig, task: Task, stale: bool) -> None:
         write_run_config(run, cfg, task)
     with writing(run, TEST_SPLIT):
         write_test_split(run, task.test)
+    if task.name not in ("digits", "listops"):  # labels travel in config.json, the tokenizer here
+        from encoderkit.training.objectives.base import TOKENIZER, tokenizer_file
+
+        with writing(run, TOKENIZER):
+            source = tokenizer_file(cfg).read_text(encoding="utf-8")
+            atomic_write_text(run / TOKENIZER, source)
 
 
 def write_test_split(run: Path, tensors: tuple[torch.Tensor, ...]) -> None:
@@ -237,6 +245,24 @@ def read_run_file(run: Path) -> tuple[TrainConfig, list[str]]:
         raise CheckpointError(f"{path}: not a valid run configuration ({e})") from e
 
 
+def read_model_config(run: Path) -> Any:
+    """The encoder config saved in ``run/config.json`` (a TextConfig or VisionConfig); None for
+    runs saved before it was recorded."""
+    from encoderkit.models.config import TextConfig, VisionConfig
+
+    path = Path(run) / "config.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8")).get("model")
+        if saved is None:
+            return None
+        kind = VisionConfig if "image_size" in saved else TextConfig
+        return kind(**saved)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError) as e:
+        raise CheckpointError(f"{path}: not a valid model configuration ({e})") from e
+    except ValueError as e:
+        raise CheckpointError(f"{path}: not a valid model configuration ({e})") from e
+
+
 def resume_config(run: Path, changes: dict[str, Any]) -> TrainConfig:
     """The saved config of ``run`` with ``changes``; changing what the run computes is an error."""
     saved = read_run_config(run)
@@ -286,9 +312,18 @@ def trim_metrics(run: Path, step: int) -> None:
 
 
 class MetricsLog:
-    """Appends metric records to ``metrics.jsonl`` and shows a progress bar (rank 0 only)."""
+    """Appends metric records to ``metrics.jsonl``, shows a progress bar, and with
+    ``tensorboard`` writes the same figures to ``RUN/tensorboard`` (rank 0 only)."""
 
-    def __init__(self, run: Path, ranks: Ranks, total: int, initial: int, show: bool) -> None:
+    def __init__(
+        self,
+        run: Path,
+        ranks: Ranks,
+        total: int,
+        initial: int,
+        show: bool,
+        tensorboard: bool = False,
+    ) -> None:
         self.main, self.run = ranks.main, run
         self.file = open(run / "metrics.jsonl", "a", encoding="utf-8") if self.main else None
         self.bar = None
@@ -298,6 +333,17 @@ class MetricsLog:
             self.bar = tqdm(
                 total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0
             )
+        self.board = None
+        if self.main and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:  # tensorboard is in the train extra
+                raise RunError(
+                    "--tensorboard needs the tensorboard package: pip install tensorboard"
+                ) from e
+            # purge_step: a resumed run first drops the events logged after its checkpoint, as
+            # trim_metrics drops their lines, so no step is shown twice
+            self.board = SummaryWriter(str(run / "tensorboard"), purge_step=initial + 1)
         self.last_eval = ""
 
     def write(self, record: dict[str, Any]) -> None:
@@ -306,28 +352,31 @@ class MetricsLog:
         with writing(self.run, "metrics.jsonl"):
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
-        if record["split"] in ("valid", "test"):
-            if record["split"] == "valid":
-                self.last_eval = f"{record['accuracy']:.3f}"
-            log.info(
-                "step %d: %s loss %.4f accuracy %.4f",
-                record["step"],
-                record["split"],
-                record["loss"],
-                record["accuracy"],
-            )
-        if self.bar is not None and record["split"] == "train":
+        split = record["split"]
+        figures = {k: v for k, v in record.items() if k not in ("step", "epoch", "split")}
+        if self.board is not None:
+            for key, value in figures.items():
+                if isinstance(value, (int, float)) and key != "checkpoint_step":
+                    self.board.add_scalar(f"{split}/{key}", value, record["step"])
+        if split != "train":  # start, valid, test
+            shown = " ".join(f"{k} {v:.4f}" for k, v in figures.items() if isinstance(v, float))
+            if split == "valid":
+                self.last_eval = " ".join(
+                    f"{v:.3f}" for k, v in figures.items() if k != "loss" and isinstance(v, float)
+                )[:24]
+            log.info("step %d: %s %s", record["step"], split, shown)
+        elif self.bar is not None:
             self.bar.update(record["step"] - self.bar.n)
-            self.bar.set_postfix(
-                loss=f"{record['loss']:.3f}",
-                acc=f"{record['accuracy']:.2f}",
-                tok_s=f"{record['tokens_per_s']:.0f}",
-                eval_acc=self.last_eval,
-                refresh=False,
-            )
+            postfix = {"loss": f"{record['loss']:.3f}"}
+            if "accuracy" in record:
+                postfix["acc"] = f"{record['accuracy']:.2f}"
+            postfix |= {"tok_s": f"{record['tokens_per_s']:.0f}", "eval": self.last_eval}
+            self.bar.set_postfix(postfix, refresh=False)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        if self.board is not None:
+            self.board.close()
         if self.file is not None:
             self.file.close()

@@ -67,9 +67,7 @@ def _run_text_model(run: Path) -> TextModel:
             return ids[:limit], tokens[:limit], len(tokens) > limit
 
         return TextModel(encoder, tokenize_listops, str(run))
-    from encoderkit.training.tasks import text_tokenizer
-
-    tokenizer = text_tokenizer(cfg.text_max_length)
+    tokenizer = task.objective.tokenizer  # the run's own copy
     return TextModel(encoder, lambda text: _wordpiece(tokenizer, text), str(run))
 
 

@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 
 
 def plot_run(run: str | Path, out: str | Path | None = None) -> Path:
-    """Loss and accuracy against step, train and eval, from ``RUN/metrics.jsonl`` to a PNG
-    (``RUN/curves.png`` unless ``out`` is given)."""
+    """Loss and the task's metric (accuracy, entity F1, Spearman, ...: the first figure after the
+    loss in the evaluation records) against step, train and eval, from ``RUN/metrics.jsonl`` to
+    a PNG (``RUN/curves.png`` unless ``out`` is given)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,8 +36,10 @@ def plot_run(run: str | Path, out: str | Path | None = None) -> Path:
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not records:
         raise ValueError(f"{path} holds no metrics yet")
+    metric = _metric_of(records)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     styles: dict[str, dict[str, Any]] = {
+        "start": {"marker": "s", "ls": "none", "ms": 8},  # before the first step
         "train": {"alpha": 0.5, "lw": 1},
         "valid": {"marker": "o", "lw": 2},
         "eval": {"marker": "o", "lw": 2},  # runs from before the validation split
@@ -47,9 +50,14 @@ def plot_run(run: str | Path, out: str | Path | None = None) -> Path:
         if rows:
             steps = [r["step"] for r in rows]
             ax_loss.plot(steps, [r["loss"] for r in rows], label=split, **style)
-            ax_acc.plot(steps, [r["accuracy"] for r in rows], label=split, **style)
+            scored = [r for r in rows if metric in r]
+            if scored:
+                values = [r[metric] for r in scored]
+                ax_acc.plot([r["step"] for r in scored], values, label=split, **style)
     ax_loss.set(title="loss", xlabel="step")
-    ax_acc.set(title="accuracy", xlabel="step", ylim=(0, 1.01))
+    ax_acc.set(title=metric.replace("_", " "), xlabel="step")
+    if all(0 <= r.get(metric, 0) <= 1 for r in records):
+        ax_acc.set_ylim(0, 1.01)
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -59,6 +67,16 @@ def plot_run(run: str | Path, out: str | Path | None = None) -> Path:
     finally:
         plt.close(fig)
     return target
+
+
+def _metric_of(records: list[dict[str, Any]]) -> str:
+    """The figure evaluations report after the loss (``accuracy`` for runs that have none)."""
+    for record in records:
+        if record["split"] in ("valid", "eval", "start"):
+            names = [k for k in record if k not in ("step", "epoch", "split", "loss")]
+            if names:
+                return names[0]
+    return "accuracy"
 
 
 # Attention maps. Shape legend: L layers, H heads, T tokens (queries = keys), N patches.

@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,7 +31,10 @@ class LabelledTexts(NamedTuple):
 
 
 def read_labelled_texts(
-    path: str | os.PathLike[str], text_column: str = "text", label_column: str = "label"
+    path: str | os.PathLike[str],
+    text_column: str = "text",
+    label_column: str = "label",
+    min_classes: int = 2,
 ) -> LabelledTexts:
     """Read texts and labels from a ``.csv`` file (header row first) or a ``.jsonl`` file (one
     JSON object per line, blank lines skipped), both UTF-8.
@@ -38,8 +42,44 @@ def read_labelled_texts(
     Every error names the file, and the line when one line is at fault: a missing file
     (``FileNotFoundError``), an unsupported extension, missing columns (the ones found are
     listed), a line that is not a JSON object, a missing text, an empty or missing label, no rows
-    at all, or fewer than two distinct labels (``ValueError``).
+    at all, or fewer than ``min_classes`` distinct labels (``ValueError``; a file to evaluate
+    may hold one class, a file to train on needs two).
     """
+    path, rows = _read_rows(path, text_column, label_column)
+    classes = sorted({label for _, label in rows})
+    if len(classes) < min_classes:
+        raise ValueError(
+            f"{path}: a classifier needs at least {min_classes} distinct labels in "
+            f"{label_column!r}, found only {classes[0]!r} ({len(rows)} rows)"
+        )
+    index = {name: i for i, name in enumerate(classes)}
+    return LabelledTexts([t for t, _ in rows], [index[label] for _, label in rows], classes)
+
+
+def read_values(
+    path: str | os.PathLike[str], text_column: str = "text", label_column: str = "label"
+) -> tuple[list[str], list[float]]:
+    """Texts and float labels (regression), from the same files as :func:`read_labelled_texts`;
+    a label that is not a finite number is an error naming its line."""
+    path, rows = _read_rows(path, text_column, label_column)
+    values = []
+    for number, (_, label) in enumerate(rows, start=1):
+        try:
+            value = float(label)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise ValueError(
+                f"{path}, row {number}: expected a finite number in {label_column!r} for "
+                f"regression, got {label!r}"
+            )
+        values.append(value)
+    return [t for t, _ in rows], values
+
+
+def _read_rows(
+    path: str | os.PathLike[str], text_column: str, label_column: str
+) -> tuple[Path, list[tuple[str, str]]]:
     for name, column in (("text_column", text_column), ("label_column", label_column)):
         if not isinstance(column, str) or not column:
             raise TypeError(f"{name} must be a non-empty str, got {column!r}")
@@ -60,14 +100,7 @@ def read_labelled_texts(
         raise ValueError(f"{path}: not UTF-8 text ({e})") from e
     if not rows:
         raise ValueError(f"{path}: no labelled texts found (the file has no data rows)")
-    classes = sorted({label for _, label in rows})
-    if len(classes) < 2:
-        raise ValueError(
-            f"{path}: a classifier needs at least 2 distinct labels in {label_column!r}, found "
-            f"only {classes[0]!r} ({len(rows)} rows)"
-        )
-    index = {name: i for i, name in enumerate(classes)}
-    return LabelledTexts([t for t, _ in rows], [index[label] for _, label in rows], classes)
+    return path, rows
 
 
 def _read_csv(path: Path, text_column: str, label_column: str) -> list[tuple[str, str]]:
@@ -238,3 +271,30 @@ def _subset(data: LabelledTexts, index: np.ndarray) -> LabelledTexts:
     return LabelledTexts(
         [data.texts[i] for i in index], [data.labels[i] for i in index], list(data.classes)
     )
+
+
+def read_texts(path: str | os.PathLike[str], text_column: str = "text") -> list[str]:
+    """The ``text_column`` of a .csv or .jsonl file (other columns ignored), for prediction."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no file at {path}")
+    texts: list[str] = []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        if path.suffix.lower() == ".csv":
+            records: Iterable[tuple[int, object]] = (
+                (i, row) for i, row in enumerate(csv.DictReader(f), start=2)
+            )
+        else:
+            records = ((i, json.loads(line)) for i, line in enumerate(f, start=1) if line.strip())
+        try:
+            for line, record in records:
+                text = record.get(text_column) if isinstance(record, dict) else None
+                if not isinstance(text, str):
+                    raise ValueError(
+                        f"{path}, line {line}: expected a string in {text_column!r}, got "
+                        f"{type(text).__name__}"
+                    )
+                texts.append(text)
+        except (json.JSONDecodeError, csv.Error, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not a readable {path.suffix} file ({e})") from e
+    return texts
