@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from encoderkit.training import loop
 from encoderkit.training.checkpoint import list_checkpoints, load_checkpoint, step_of
 from encoderkit.training.config import TrainConfig
 from encoderkit.training.loop import train

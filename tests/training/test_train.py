@@ -271,6 +271,20 @@ def test_a_two_process_run_resumes_in_one_process(tmp_path):
     _same_run(tmp_path / "one", tmp_path / "moved")
 
 
+@pytest.mark.slow
+def test_fsdp_over_two_cpu_processes_equals_one_process_and_resumes_in_one(tmp_path):
+    """FSDP2 shards every block's weights, gradients and AdamW state over the two ranks; its
+    checkpoints are gathered into the one-process format, so one process resumes them."""
+    _run("--out", str(tmp_path / "one"), *TORCHRUN_COMMON)
+    _run("--out", str(tmp_path / "two"), *TORCHRUN_COMMON, "--fsdp", "--gradient-checkpointing",
+         nproc=2)  # fmt: skip
+    _same_run(tmp_path / "one", tmp_path / "two")
+    _run("--out", str(tmp_path / "moved"), *TORCHRUN_COMMON, "--fsdp", "--stop-at-step", "4",
+         nproc=2)  # fmt: skip
+    _run("--resume", str(tmp_path / "moved"), "--stop-at-step", "none", "--no-progress")
+    _same_run(tmp_path / "one", tmp_path / "moved")
+
+
 # --- Nothing lost, nothing stuck: run directories, interruptions, failed writes, run models ---
 
 TINY = {"n_layers": 1, "d_model": 16, "n_heads": 2, "d_ff": 32, "batch_size": 32,
@@ -652,11 +666,11 @@ def test_a_run_model_is_rebuilt_without_its_training_data(tmp_path, monkeypatch,
     assert sizes == [] and task.train == () and task.test == ()
     assert cfg.listops_train_size == 10**8 and task.classes == [str(d) for d in range(10)]
     assert main(["eval", str(run)]) == 0
-    assert json.loads(capsys.readouterr().out)["test_examples"] == 16
+    assert json.loads(capsys.readouterr().out)["examples"] == 16
     assert sizes == []  # the test split was saved in the run directory
     (run / "test-split.safetensors").unlink()  # as in runs written before it was saved
     assert main(["eval", str(run)]) == 0
-    assert json.loads(capsys.readouterr().out)["test_examples"] == 16
+    assert json.loads(capsys.readouterr().out)["examples"] == 16
     assert sizes == [16]  # the test split alone was generated again
 
 
@@ -683,16 +697,14 @@ def test_an_edited_config_is_caught_against_the_checkpoint_header(tiny_run):
     ],
 )
 def test_a_huge_config_fails_fast_without_allocating(tiny_run, monkeypatch, changes, message):
-    import encoderkit.training.rebuild as training
-
-    real = training.build_model
+    real = Classify.build_model
 
     def on_meta_only(*args):
         model = real(*args)
         assert all(p.is_meta for p in model.parameters()), "built for real before the check"
         return model
 
-    monkeypatch.setattr(training, "build_model", on_meta_only)
+    monkeypatch.setattr(Classify, "build_model", on_meta_only)
     edit_config(tiny_run, **changes)
     started = time.perf_counter()
     with pytest.raises(CheckpointError, match=message):

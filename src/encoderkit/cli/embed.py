@@ -26,7 +26,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     embed.add_argument(
         "--model",
         default="all-MiniLM-L6-v2",
-        help="all-MiniLM-L6-v2 (shipped on PyPI) or a sentence-transformers directory",
+        help="all-MiniLM-L6-v2 (shipped on PyPI), a sentence-transformers directory, or a "
+        "`train --task pairs` run directory",
     )
     embed.add_argument("--similarity", action="store_true", help="print cosine similarities")
     embed.add_argument("--json", action="store_true", help="print JSON with full vectors")
@@ -68,8 +69,16 @@ def embed_command(args: argparse.Namespace) -> int:
             f"{MAX_SIMILARITY_BYTES / 2**30:.0f} GiB: give fewer texts, or drop --similarity "
             f"and compare the --json embeddings in chunks"
         )
+    model = args.model
+    if (Path(model) / "encoderkit-run.json").is_file():  # a pairs run: the encoder it wrote
+        model = Path(model) / "sentence-encoder"
+        if not model.is_dir():
+            raise SystemExit(
+                f"encoderkit embed: {args.model} is a run without a sentence encoder (only a "
+                f"finished `train --task pairs` run writes {model.name}/)"
+            )
     try:
-        encoder = SentenceEncoder.from_pretrained(args.model, compile=args.compile)
+        encoder = SentenceEncoder.from_pretrained(model, compile=args.compile)
     except (PretrainedError, ImportError) as e:
         raise SystemExit(f"encoderkit embed: {e}") from e
 

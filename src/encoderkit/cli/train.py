@@ -243,6 +243,8 @@ def describe(record: dict[str, Any]) -> str:
         return f"{record['value']:.4f}"
     if "tags" in record:
         return " ".join(f"{e['text']}/{e['type']}" for e in record["entities"]) or "(no entities)"
+    if "masks" in record:  # the most likely token for each [MASK]
+        return " ".join(f"{m[0]['token']} ({m[0]['probability']:.2f})" for m in record["masks"])
     if "embedding" in record:
         head = ", ".join(f"{v:.3f}" for v in record["embedding"][:4])
         return f"[{head}, ...] ({len(record['embedding'])} dims)"

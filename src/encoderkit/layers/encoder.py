@@ -10,15 +10,24 @@ Either way padded positions are never read (packed away, or replaced by zeros on
 a score mask alone lets NaN through: 0 * NaN is NaN) and the encoder returns exactly 0 there, as
 torch's nested-tensor fast path does, so results never depend on what the padding holds.
 
+Gradient checkpointing (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost"; Hugging
+Face's ``gradient_checkpointing_enable``) is a training switch, not part of the architecture:
+with ``encoder.gradient_checkpointing = True`` (or :func:`set_gradient_checkpointing`), a training
+forward keeps only each block's input and recomputes the block in the backward pass, trading one
+more forward for the activations of every block. The RNG state is replayed, so dropout draws the
+same masks and the gradients equal the plain run's.
+
 Shape legend: B batch, T tokens, N real tokens, D model width, H heads.
 """
 
 from __future__ import annotations
 
 import math
+import typing
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from encoderkit.layers.block import EncoderBlock, torch_activation_name
 from encoderkit.layers.config import EncoderConfig
@@ -68,6 +77,8 @@ class Encoder(nn.Module):
             else nn.Identity()
         )
         self.apply(init_weights)
+        # A training switch, not a config field: checkpoints and configs do not change with it
+        self.gradient_checkpointing = False
 
     def forward(
         self,
@@ -85,7 +96,7 @@ class Encoder(nn.Module):
             packing = Packing.from_mask(real)
             h = packing.pack(x)  # (B, T, D) -> (N, D): the real tokens only
             for block in self.blocks:
-                h = block(h, packing=packing)
+                h = self._run_block(block, h, packing=packing)
             return packing.unpack(self.norm(h))  # (N, D) -> (B, T, D), 0 at padded positions
         # Checked here, before any work; each block gets the (B, T) mask and the pattern apart,
         # so that attention counts positions in real tokens
@@ -95,11 +106,32 @@ class Encoder(nn.Module):
         if real is not None:
             x = x.masked_fill(~real[..., None], 0.0)  # (B, T) -> (B, T, 1)
         for block in self.blocks:
-            x = block(x, real, attn_mask)
+            x = self._run_block(block, x, real, attn_mask)
         x = self.norm(x)
         if real is not None:
             x = x.masked_fill(~real[..., None], 0.0)  # (B, T) -> (B, T, 1): padded outputs are 0
         return x
+
+    def _run_block(
+        self,
+        block: nn.Module,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        packing: Packing | None = None,
+    ) -> torch.Tensor:
+        """``block(...)``, under activation checkpointing when it is on and a backward pass will
+        follow (training mode, gradients enabled); evaluation is unchanged."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # Non-reentrant: takes non-tensor arguments (the packing), works with FSDP2's hooks
+            # and torch.compile, and replays the RNG state so dropout repeats its masks
+            out = checkpoint(
+                block, x, attention_mask, attn_mask, packing, use_reentrant=False,
+                preserve_rng_state=True,
+            )  # fmt: skip
+        else:
+            out = block(x, attention_mask, attn_mask, packing)
+        return typing.cast(torch.Tensor, out)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -151,6 +183,17 @@ class Encoder(nn.Module):
         if final is not None:
             model.norm.load_state_dict(final.state_dict())
         return model
+
+
+def set_gradient_checkpointing(model: nn.Module, on: bool) -> int:
+    """Switch gradient checkpointing on or off in every :class:`Encoder` inside ``model`` (a
+    head, a wrapper, FSDP-sharded or not); returns how many encoders were switched."""
+    if not isinstance(on, bool):
+        raise TypeError(f"on must be a bool, got {on!r}")
+    encoders = [m for m in model.modules() if isinstance(m, Encoder)]
+    for encoder in encoders:
+        encoder.gradient_checkpointing = on
+    return len(encoders)
 
 
 def _onnx() -> bool:

@@ -316,7 +316,13 @@ MASKED_LM_HEAD = HeadConfig(dense=True, activation="gelu", norm=True)
 
 class MaskedLM(nn.Module):
     """A text encoder with a masked-LM head whose output layer is the token embedding table
-    (tied: one parameter, as Hugging Face ties them): (B, T) -> logits (B, T, V)."""
+    (tied: one parameter, as Hugging Face ties them): (B, T) -> logits (B, T, V).
+
+    With ``positions``, a (B, T) bool mask, the head reads only the True positions and the
+    forward returns their logits (M, V), row by row: training predicts the ~15% masked tokens
+    only, and (B, T, V) logits over a 30,522-token vocabulary would cost far more memory than
+    the encoder itself.
+    """
 
     def __init__(self, config: TextConfig, *, head: HeadConfig | None = None) -> None:
         super().__init__()
@@ -333,8 +339,17 @@ class MaskedLM(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        *,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         hidden = self.encoder(input_ids, attention_mask, token_type_ids)
+        if positions is not None:
+            if positions.dtype != torch.bool or positions.shape != input_ids.shape:
+                raise ValueError(
+                    f"positions must be a bool mask shaped like input_ids {tuple(input_ids.shape)}"
+                    f", got {positions.dtype} {tuple(positions.shape)}"
+                )
+            hidden = hidden[positions]  # (B, T, D) -> (M, D)
         return self.head(hidden, self.encoder.embeddings.tokens.weight)
 
 

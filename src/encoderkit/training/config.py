@@ -118,6 +118,11 @@ class TrainConfig:
             raise ValueError(
                 f"clip_grad_norm must be a finite float > 0, or None for no clipping, got {clip!r}"
             )
+        if self.fsdp and self.compile:
+            raise ValueError(
+                "fsdp and compile together are not supported: dynamo cannot trace FSDP2's hooks "
+                "in one graph (fullgraph); train sharded without --compile"
+            )
         if self.batch_size % self.grad_accum:
             raise ValueError(
                 f"batch_size must be divisible by grad_accum, got {self.batch_size} and "

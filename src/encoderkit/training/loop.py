@@ -9,9 +9,10 @@ is evaluated once, on that checkpoint, at the end), and checkpoints (``checkpoin
 ``--resume`` continues exactly: the same batches and, in one process, bit-identical losses. A
 non-finite loss or gradient norm stops the step before the optimizer touches the weights.
 
-Under ``torchrun`` the same code trains with DistributedDataParallel (NCCL on GPUs, gloo on CPUs):
-each rank takes its shard of every global batch from a ``DistributedSampler``, and rank 0 alone
-writes checkpoints and logs.
+Under ``torchrun`` the same code trains with DistributedDataParallel (NCCL on GPUs, gloo on CPUs),
+or with ``--fsdp`` with FSDP2, which also shards parameters, gradients and optimizer state
+(``sharding.py``; checkpoints stay in the one-process format): each rank takes its shard of every
+global batch from a ``DistributedSampler``, and rank 0 alone writes checkpoints and logs.
 
 ``--compile`` runs the model's forward (training and evaluation) under ``torch.compile``; the
 loss, the optimizer and the checkpoints stay as they are (see :func:`compiled`).
@@ -116,6 +117,12 @@ def train_on(ranks: Ranks, cfg: TrainConfig, *, resume: bool) -> dict[str, Any]:
         from encoderkit.layers.encoder import set_gradient_checkpointing
 
         set_gradient_checkpointing(model, True)
+    if cfg.fsdp and ranks.world > 1:  # before the optimizer: it holds the sharded parameters
+        from encoderkit.training.sharding import shard
+
+        shard(model)
+    elif cfg.fsdp:
+        log.warning("--fsdp in one process: nothing to shard; start it with torchrun")
     optimizer = make_optimizer(model, cfg, ranks.device)
     progress = Progress()
     if resume_from is not None:
@@ -130,7 +137,8 @@ def train_on(ranks: Ranks, cfg: TrainConfig, *, resume: bool) -> dict[str, Any]:
     # plain module, whatever runs it. DDP wraps the compiled module, not the other way round:
     # dynamo cannot trace DDP's forward in one graph.
     forward = compiled(model, cfg)
-    net = nn.parallel.DistributedDataParallel(forward) if ranks.world > 1 else forward
+    ddp = ranks.world > 1 and not sharded(model)  # FSDP2 averages gradients itself
+    net = nn.parallel.DistributedDataParallel(forward) if ddp else forward
     n_train = len(task.train[0])
     steps_per_epoch = n_train // cfg.batch_size
     if steps_per_epoch == 0:
@@ -318,7 +326,11 @@ def train_step(
     for m in range(cfg.grad_accum):
         rows = objective.batch(task.train, indices[m * micro : (m + 1) * micro], ranks.device)
         last = m == cfg.grad_accum - 1
-        sync = contextlib.nullcontext() if last or ranks.world == 1 else net.no_sync()  # type: ignore[operator]
+        sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if sharded(model):  # reduce-scatter gradients after the last micro-batch only
+            model.set_requires_gradient_sync(last)  # type: ignore[operator]
+        elif not last and ranks.world > 1:
+            sync = net.no_sync()  # type: ignore[operator]
         with sync, autocast(cfg, ranks):
             loss, counts = objective.loss(net, rows, step_generator(cfg, progress.step, ranks, m))
             (loss / cfg.grad_accum).backward()
@@ -331,8 +343,8 @@ def train_step(
     sums = dict(zip(sums, totals.tolist(), strict=True))
     max_norm = cfg.clip_grad_norm if cfg.clip_grad_norm is not None else math.inf
     grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-    n = sums.pop("n")
-    loss_value = sums.pop("loss") / n if n else math.nan
+    n = max(sums.pop("n"), 1.0)  # 0 when nothing in the batch was scored (no token masked)
+    loss_value = sums.pop("loss") / n
     if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
         optimizer.zero_grad(set_to_none=True)
         message = (
@@ -424,11 +436,19 @@ def test_best(
 ) -> dict[str, float] | None:
     """The best checkpoint's test figures, logged as a ``test`` line (rank 0; None elsewhere).
     Loads that checkpoint's weights into ``model``: training is over."""
+    if sharded(model):  # every rank holds a shard: all load, all evaluate, rank 0 reports
+        from encoderkit.training.sharding import load_full_state
+
+        weights, _, _ = load_checkpoint(pick_checkpoint(run, "best"))
+        load_full_state(model, None, weights)
+    elif not ranks.main:
+        return None
+    else:
+        weights, _, _ = load_checkpoint(pick_checkpoint(run, "best"))
+        model.load_state_dict(weights)
+    figures = evaluate(forward, task, cfg, task.test, ranks.device)
     if not ranks.main:
         return None
-    weights, _, _ = load_checkpoint(pick_checkpoint(run, "best"))
-    model.load_state_dict(weights)
-    figures = evaluate(forward, task, cfg, task.test, ranks.device)
     logger.write(
         {
             "step": progress.step,
@@ -461,9 +481,15 @@ def checkpoint(
     cfg: TrainConfig,
     ranks: Ranks,
 ) -> None:
+    if sharded(model):  # gathered from every rank's shards, in the one-process format
+        from encoderkit.training.sharding import full_state
+
+        weights, optimizer_state = full_state(model, optimizer)
+    elif ranks.main:
+        weights, optimizer_state = model.state_dict(), optimizer.state_dict()
     if ranks.main:
         state = {
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "progress": asdict(progress),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -472,7 +498,7 @@ def checkpoint(
         save_checkpoint(
             run,
             progress.step,
-            model.state_dict(),
+            weights,
             state,
             {"progress": asdict(progress)},
             keep={progress.best_step},
@@ -493,8 +519,13 @@ def restore(
     optimizer; return the position."""
     path = latest_checkpoint(run) if path is None else path
     weights, state, _ = load_checkpoint(path)
-    model.load_state_dict(weights)
-    optimizer.load_state_dict(state["optimizer"])
+    if sharded(model):
+        from encoderkit.training.sharding import load_full_state
+
+        load_full_state(model, optimizer, weights, state["optimizer"])
+    else:
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(state["optimizer"])
     progress = Progress(**saved_progress(state["progress"]))
     torch.set_rng_state(state["rng_cpu"])
     if state["rng_cuda"] and torch.cuda.is_available():
@@ -508,6 +539,13 @@ def restore(
                 write_marker(run)
     log.info("resuming %s from step %d (%s)", run, progress.step, path.name)
     return progress
+
+
+def sharded(model: nn.Module) -> bool:
+    """Whether ``--fsdp`` sharded the model over several ranks (FSDP2)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
 class StopRequest:

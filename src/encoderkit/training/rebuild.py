@@ -46,8 +46,9 @@ def load_run_model(
     objective.classes = classes
     path = pick_checkpoint(run, which)
     shapes = read_weights_header(path / "model.safetensors")
-    # the model as built (a pretrained one's sizes: --init need not be there any more)
-    config = read_model_config(run) or model_config(cfg)
+    # a pretrained model's sizes as saved when it was built: --init need not be there any more
+    pretrained = cfg.init != "scratch" and read_model_config(run)
+    config = pretrained or model_config(cfg, run)
     _check_layer_count(config.n_layers, shapes, path)
     with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
         try:

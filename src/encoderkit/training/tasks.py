@@ -71,9 +71,10 @@ def check_task(cfg: TrainConfig) -> None:
         _init_path(cfg.init)  # there, before any data is read
 
 
-def model_config(cfg: TrainConfig) -> TextConfig | VisionConfig:
+def model_config(cfg: TrainConfig, run: Path | None = None) -> TextConfig | VisionConfig:
     """The encoder's config for a run, from the run's config alone: no data, no weights read (a
-    pretrained model's config.json and its weights' header)."""
+    pretrained model's config.json and its weights' header; the tokenizer's vocabulary, the
+    copy in ``run`` when there is one)."""
     check_task(cfg)
     if cfg.task == "digits":
         return VisionConfig(
@@ -96,7 +97,7 @@ def model_config(cfg: TrainConfig) -> TextConfig | VisionConfig:
     if cfg.init == "scratch":
         return TextConfig(
             **encoder_sizes(cfg),
-            vocab_size=objective_for(cfg).tokenizer.get_vocab_size(),
+            vocab_size=objective_for(cfg, run).tokenizer.get_vocab_size(),
             max_positions=cfg.text_max_length,
         )
     return fine_tuning_config(cfg, pretrained_config(cfg.init))
