@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
+from encoderkit.training.data.splits import shuffled_split
 from encoderkit.utils.checks import check_positive_int
 from encoderkit.utils.files import atomic_write_text
 
@@ -172,9 +173,7 @@ def split(items: Sequence[T], seed: int = 0) -> tuple[list[T], list[T], list[T]]
     if n < 3:
         raise ValueError(f"need at least 3 sentences for train, validation and test, got {n}")
     held = max(1, math.ceil(round(HELD_OUT * n, 9)))  # rounded: 0.1 * 30 is 3.0000000000000004
-    order = np.random.default_rng(seed).permutation(n)
-    parts = order[2 * held :], order[held : 2 * held], order[:held]
-    train, valid, test = ([items[i] for i in np.sort(p)] for p in parts)
+    train, valid, test = ([items[i] for i in p] for p in shuffled_split(n, held, held, seed))
     return train, valid, test
 
 

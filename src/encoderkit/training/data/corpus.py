@@ -33,6 +33,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from encoderkit.training.data.splits import shuffled_split
+
 VALID_FRACTION = 0.1
 TEST_FRACTION = 0.1
 
@@ -117,9 +119,7 @@ def split(
             f"{n} documents leave none for training after {n_valid} for validation and {n_test} "
             f"for testing"
         )
-    order = np.random.default_rng(seed).permutation(n)
-    valid, test = np.sort(order[:n_valid]), np.sort(order[n_valid : n_valid + n_test])
-    train = np.sort(order[n_valid + n_test :])
+    train, valid, test = shuffled_split(n, n_valid, n_test, seed)
     return _take(documents, train), _take(documents, valid), _take(documents, test)
 
 

@@ -19,9 +19,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from encoderkit.training.data.splits import shuffled_split
+from encoderkit.training.data.text import table_file
 from encoderkit.utils.files import atomic_write_text
 
-SUPPORTED_SUFFIXES = (".csv", ".jsonl")
 COLUMNS = ("anchor", "positive")  # required; "negative" is optional, for every row or none
 NEGATIVE = "negative"
 VALID_FRACTION = 0.1
@@ -57,17 +58,8 @@ def read_pairs(path: str | os.PathLike[str]) -> Pairs:
     listed), a line that is not a JSON object, an empty or non-string text, a negative on some
     rows only, or no rows at all (``ValueError``).
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no pairs file at {path}")
-    if not path.is_file():
-        raise ValueError(f"expected a file at {path}, found a directory or other non-file")
+    path = table_file(path, "pairs")
     suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise ValueError(
-            f"{path}: unsupported file type {suffix or '(no extension)'!r}; supported: "
-            f"{', '.join(SUPPORTED_SUFFIXES)}"
-        )
     try:
         rows = _read_csv(path) if suffix == ".csv" else _read_jsonl(path)
     except UnicodeDecodeError as e:
@@ -183,9 +175,7 @@ def split(
             f"need at least {n_valid + n_test + 2} pairs to hold out {n_valid} for validation "
             f"and {n_test} for test and train on 2, got {n}"
         )
-    order = np.random.default_rng(seed).permutation(n)
-    valid, test = np.sort(order[:n_valid]), np.sort(order[n_valid : n_valid + n_test])
-    train = np.sort(order[n_valid + n_test :])
+    train, valid, test = shuffled_split(n, n_valid, n_test, seed)
     return pairs.subset(train), pairs.subset(valid), pairs.subset(test)
 
 

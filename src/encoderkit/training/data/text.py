@@ -83,9 +83,23 @@ def _read_rows(
     for name, column in (("text_column", text_column), ("label_column", label_column)):
         if not isinstance(column, str) or not column:
             raise TypeError(f"{name} must be a non-empty str, got {column!r}")
+    path = table_file(path, "labelled-text")
+    reader = _read_csv if path.suffix.lower() == ".csv" else _read_jsonl
+    try:
+        rows = reader(path, text_column, label_column)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from e
+    if not rows:
+        raise ValueError(f"{path}: no labelled texts found (the file has no data rows)")
+    return path, rows
+
+
+def table_file(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` as a Path, once it is known to be a .csv or .jsonl file (``what`` names it in
+    the errors: a missing file, a directory, another extension)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no labelled-text file at {path}")
+        raise FileNotFoundError(f"no {what} file at {path}")
     if not path.is_file():
         raise ValueError(f"expected a file at {path}, found a directory or other non-file")
     suffix = path.suffix.lower()
@@ -94,13 +108,7 @@ def _read_rows(
             f"{path}: unsupported file type {suffix or '(no extension)'!r}; supported: "
             f"{', '.join(SUPPORTED_SUFFIXES)}"
         )
-    try:
-        rows = (_read_csv if suffix == ".csv" else _read_jsonl)(path, text_column, label_column)
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e})") from e
-    if not rows:
-        raise ValueError(f"{path}: no labelled texts found (the file has no data rows)")
-    return path, rows
+    return path
 
 
 def _read_csv(path: Path, text_column: str, label_column: str) -> list[tuple[str, str]]:

@@ -17,13 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from encoderkit.models.config import TextConfig, VisionConfig
 from encoderkit.models.heads import ImageClassifier, SequenceClassifier
+from encoderkit.training.data.splits import shuffled_split
 from encoderkit.training.objectives.base import (
     Batch,
     Objective,
@@ -253,15 +253,9 @@ def _split_values(
     n = len(texts)
     if n < 3:
         raise ValueError(f"need at least 3 examples for train, validation and test, got {n}")
-    order = np.random.default_rng(seed).permutation(n)
     n_test = max(1, math.ceil(round(0.2 * n, 9)))
-    n_valid = max(1, math.ceil(round(VALID_FRACTION * n, 9)))
-    n_valid = min(n_valid, n - n_test - 1)
-    parts = (
-        np.sort(order[n_test + n_valid :]),
-        np.sort(order[n_test : n_test + n_valid]),
-        np.sort(order[:n_test]),
-    )
+    n_valid = min(max(1, math.ceil(round(VALID_FRACTION * n, 9))), n - n_test - 1)
+    parts = shuffled_split(n, n_valid, n_test, seed)
     return [([texts[i] for i in p], [values[i] for i in p]) for p in parts]
 
 

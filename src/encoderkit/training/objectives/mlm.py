@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EVAL_ROWS = 64  # rows per evaluation batch
+EVAL_TOKENS = 2_000  # masked tokens an evaluation scores at least, in up to MAX_EVAL_ROUNDS
+MAX_EVAL_ROUNDS = 32
 TOP_K = 5  # predictions per masked position in predict()
 MASK_TOKENS = ("[MASK]", "<mask>")  # BERT's, RoBERTa's
 SPLITS = ("train", "valid", "test")
@@ -134,13 +136,19 @@ class MaskedLanguageModel(Objective):
         self, tensors: Tensors, device: torch.device
     ) -> Iterator[tuple[Batch, torch.Tensor, torch.Tensor]]:
         """(batch, masked ids, chosen) for a whole split, ``EVAL_ROWS`` rows at a time, masked
-        from a generator seeded with the run's seed afresh at each call: the same every time."""
+        from a generator seeded with the run's seed afresh at each call: the same every time.
+        A small split is masked again in further rounds (new masks, same generator), up to
+        about ``EVAL_TOKENS`` scored tokens, so that its figures are not a dozen tokens' luck."""
         generator = torch.Generator().manual_seed(self.cfg.seed)
         rows = len(tensors[0])
-        for start in range(0, rows, EVAL_ROWS):
-            batch = self.batch(tensors, torch.arange(start, min(start + EVAL_ROWS, rows)), device)
-            masked, chosen = self.mask(batch, generator)
-            yield batch, masked, chosen
+        expected = self.cfg.mask_rate * int((tensors[1] > 0).sum())  # real tokens per round
+        rounds = min(MAX_EVAL_ROUNDS, max(1, math.ceil(EVAL_TOKENS / max(expected, 1.0))))
+        for _ in range(rounds):
+            for start in range(0, rows, EVAL_ROWS):
+                index = torch.arange(start, min(start + EVAL_ROWS, rows))
+                batch = self.batch(tensors, index, device)
+                masked, chosen = self.mask(batch, generator)
+                yield batch, masked, chosen
 
     def evaluate(
         self, model: nn.Module, tensors: Tensors, device: torch.device
