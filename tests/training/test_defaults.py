@@ -124,3 +124,16 @@ def test_a_three_way_split_keeps_the_class_proportions():
     assert split3(data, seed=6) != (train, valid, test)
     with pytest.raises(ValueError, match="need at least 3 examples .* got 2"):
         split3(LabelledTexts(["x", "y"], [0, 1], ["a", "b"]))
+
+
+def test_resuming_a_run_from_before_the_validation_split_warns(tmp_path, caplog):
+    pytest.importorskip("sklearn", reason="the digits task reads scikit-learn's digits")
+    from encoderkit.training.runs import resume_config
+
+    run = tmp_path / "run"
+    train(TrainConfig(out=str(run), **TINY | {"max_steps": 4, "stop_at_step": 2}))
+    path = run / "metrics.jsonl"
+    path.write_text(path.read_text().replace('"split": "valid"', '"split": "eval"'))
+    with caplog.at_level(logging.WARNING):
+        train(resume_config(run, {"stop_at_step": None}), resume=True)
+    assert "started before runs held out a validation split: it resumes on 10% fewer" in caplog.text
