@@ -3,13 +3,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint docs clean
 
 # Install once, again only when the dependency pins change.
 $(STAMP): pyproject.toml requirements-ci.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements-ci.txt -e '.[dev,export,pretrained,train]'
+	$(BIN)/python -m pip install --quiet -r requirements-ci.txt -e '.[dev,docs,export,pretrained,train]'
 	touch $(STAMP)
 
 # The main job: train the digits classifier from scratch (about a minute on 2 CPU cores).
@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/encoderkit attention --checkpoint runs/digits-demo --example 0 \
 		--out runs/digits-demo/attention.png
 
-test: $(STAMP) lint
+test: $(STAMP) lint docs
 	bash scripts/install-browser.sh  # Debian's chromium, for the HTML viewer's browser test
 	$(BIN)/python -m pytest -q
 
@@ -29,9 +29,14 @@ bench: $(STAMP)
 	$(BIN)/encoderkit bench $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples scripts
+	$(BIN)/ruff format --check src tests benchmarks examples scripts
 	$(BIN)/mypy src
 
+# The API reference, from the docstrings, into site/ (a few seconds, no network); strict: a broken
+# reference or a docstring mkdocstrings cannot read fails the build.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict  # not --quiet: it hides warnings from strict mode too
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) site .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -36,14 +36,14 @@ def load_passages(folder: Path) -> list[tuple[str, str]]:
 
 def build_index(encoder: SentenceEncoder, passages: list[tuple[str, str]]) -> torch.Tensor:
     """(N, D) unit vectors, one per passage."""
-    return encoder.encode([text for _, text in passages], batch_size=32)
+    return encoder.encode([text for _, text in passages], batch_size=32, convert_to_tensor=True)
 
 
 def search(
     encoder: SentenceEncoder, index: torch.Tensor, query: str, k: int
 ) -> list[tuple[int, float]]:
     """The k passages most similar to ``query``: (row of the index, cosine similarity)."""
-    vector = encoder.encode([query])[0]  # (D,)
+    vector = encoder.encode(query, convert_to_tensor=True)  # (D,)
     scores = index @ vector  # (N, D) @ (D,) -> (N,): cosines, the vectors are unit length
     top = torch.topk(scores, min(k, len(scores)))
     return [(int(i), float(s)) for s, i in zip(top.values, top.indices, strict=True)]

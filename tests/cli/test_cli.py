@@ -65,7 +65,7 @@ def test_embed_json_and_file_input(tmp_path, capsys):
     assert main(["embed", "--json", "zeroth", "--file", str(source)]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["texts"] == ["zeroth", "first line", "  second line"]
-    expected = SentenceEncoder.from_pretrained().encode(payload["texts"])
+    expected = SentenceEncoder.from_pretrained().encode(payload["texts"], convert_to_tensor=True)
     assert torch.tensor(payload["embeddings"]).allclose(expected, atol=1e-6)
 
 
@@ -91,10 +91,20 @@ def test_train_eval_predict_and_plot(tmp_path, capsys):
     results = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert results["steps"] == 40
 
-    assert main(["eval", str(run)]) == 0
+    assert main(["eval", str(run), "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["accuracy"] == pytest.approx(results["test"]["accuracy"], abs=1e-4)
-    assert evaluated["examples"] == 360
+    assert evaluated["examples"] == 360 and evaluated["checkpoint"] == "best"
+    assert main(["eval", str(run)]) == 0  # the same record, as a table for people
+    assert capsys.readouterr().out.splitlines() == [
+        f"run         {run}",
+        "task        digits",
+        "split       test",
+        "checkpoint  best",
+        f"loss        {evaluated['loss']:.4f}",
+        f"accuracy    {evaluated['accuracy']:.4f}",
+        "examples    360",
+    ]
 
     split = load_digits_split()
     paths = [str(write_digit_image(split.test_images[i], tmp_path / f"{i}.png")) for i in range(4)]
@@ -119,8 +129,9 @@ def test_toml_config_and_flags(tmp_path, capsys):
     config.write_text(
         f'out = "{tmp_path / "run"}"\nmax_steps = 3\nn_layers = 1\nprogress = false\n'
     )
-    assert main(["train", "--config", str(config), "--max-steps", "4"]) == 0  # flag beats TOML
-    assert json.loads(capsys.readouterr().out.splitlines()[-1])["steps"] == 4
+    assert main(["train", "--config", str(config), "--max-steps", "4", "--json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()  # --json: the results' line alone
+    assert json.loads(line)["steps"] == 4  # the flag beat the TOML file
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
     assert saved["n_layers"] == 1 and saved["max_steps"] == 4
     config.write_text("max_stepz = 3\n")
@@ -229,7 +240,13 @@ def test_bench_passes_its_flags_to_the_benchmark_suite(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "--help"])  # finds benchmarks/ in this checkout
     assert exit_info.value.code == 0
-    assert "python -m benchmarks.compare" in capsys.readouterr().out
+    usage = capsys.readouterr().out.split("\n\n")[0].splitlines()
+    assert usage[0].startswith("usage: encoderkit bench [-h] [--quick] ")
+    assert all(line.startswith(" " * 24 + "[") for line in usage[1:])  # under "[-h]"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--quik"])
+    assert exit_info.value.code == 2
+    assert "encoderkit bench: error: unrecognized arguments: --quik" in capsys.readouterr().err
     from benchmarks import compare
 
     seen = []
@@ -239,12 +256,27 @@ def test_bench_passes_its_flags_to_the_benchmark_suite(monkeypatch, capsys):
 
 
 def test_bench_without_a_source_checkout_says_where_the_suite_lives(monkeypatch, tmp_path):
+    import importlib
+
     import encoderkit.cli.bench
 
+    # as after `pip install .`: no checkout beside the package, and no benchmarks to import
     monkeypatch.setattr(encoderkit.cli.bench, "__file__", str(tmp_path / "a" / "b" / "c" / "x.py"))
-    with pytest.raises(
-        SystemExit, match=r"expected the benchmark suite at .*benchmarks.*pip install -e"
-    ):
+    monkeypatch.setitem(sys.modules, "benchmarks.compare", None)  # import raises ImportError
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--quick"])
+    assert str(exit_info.value) == (
+        "encoderkit bench: the benchmark suite (benchmarks/) is not part of the installed "
+        "package; it lives in the source repository. Run it from a clone: `pip install -e "
+        "'.[dev]'` (or `make bench`) there, then `encoderkit bench` or `python -m "
+        "benchmarks.compare` in it"
+    )
+
+    def missing_dependency(name):
+        raise ModuleNotFoundError("No module named 'transformers'", name="transformers")
+
+    monkeypatch.setattr(importlib, "import_module", missing_dependency)
+    with pytest.raises(SystemExit, match=r"suite needs transformers, .* pip install -e '.\[dev\]'"):
         main(["bench"])
 
 
@@ -303,7 +335,8 @@ def test_embed_builds_the_similarity_matrix_only_when_asked(tmp_path, capsys, mo
     json_out = main(["embed", "--json", "--model", str(tiny_sentence_model), "--file", str(source)])
     payload = json.loads(capsys.readouterr().out)
     assert json_out == 0 and payload["texts"] == lines and len(payload["embeddings"]) == 10_000
-    expected = SentenceEncoder.from_pretrained(tiny_sentence_model).encode(lines[-5:])
+    encoder = SentenceEncoder.from_pretrained(tiny_sentence_model)
+    expected = encoder.encode(lines[-5:], convert_to_tensor=True)
     torch.testing.assert_close(torch.tensor(payload["embeddings"][-5:]), expected)
 
     with pytest.raises(SystemExit, match=r"--similarity over 20,000 texts needs a 20,000 x "):
@@ -390,3 +423,92 @@ def test_outputs_that_are_directories_or_unwritable_are_one_line_errors(tmp_path
     with pytest.raises(SystemExit, match=r"^encoderkit attention: .*a-file"):
         main(["attention", "hello", "--layer", "0", "--out", str(blocker / "a.png")])
     assert list(locked.iterdir()) == []
+
+
+def test_config_from_a_run_json_a_flat_json_and_the_sample_toml(tmp_path):
+    from dataclasses import asdict
+
+    from encoderkit.cli import build_parser
+    from encoderkit.cli.train import train_config
+    from encoderkit.training.config import TrainConfig
+
+    def parsed(*argv):
+        return train_config(build_parser().parse_args(["train", *argv]))
+
+    root = Path(__file__).resolve().parents[2]
+    assert parsed("--config", str(root / "examples" / "run.toml"), "--max-steps", "2",
+                  "--out", "runs/t") == TrainConfig(
+        task="digits", seed=0, d_model=64, n_heads=4, d_ff=128, n_layers=2, pooling="cls",
+        epochs=40, batch_size=64, lr=2e-3, label_smoothing=0.1, eval_every=100, patience=5,
+        checkpoint_every=200, max_steps=2, out="runs/t",
+    )  # fmt: skip
+
+    flat = tmp_path / "flat.json"
+    flat.write_text(json.dumps({"task": "listops", "n_layers": 1, "max_steps": None}))
+    assert parsed("--config", str(flat), "--out", "o") == TrainConfig(
+        task="listops", n_layers=1, max_steps=None, out="o"
+    )
+    # a run's config.json: its "config", without the run's own directory
+    saved = TrainConfig(task="text", data="d.csv", init="all-MiniLM-L6-v2", lr=3e-5,
+                        text_column="review", label_column="stars", out="runs/old")  # fmt: skip
+    record = tmp_path / "config.json"
+    record.write_text(json.dumps({"config": asdict(saved), "classes": ["1", "5"], "model": {}}))
+    again = parsed("--config", str(record), "--seed", "1")
+    assert again.out.startswith("runs/text-") and again.out != saved.out
+    assert asdict(again) == asdict(saved) | {"seed": 1, "out": again.out}
+
+    for name, content, message in [
+        ("run.yaml", "task: digits", r"run.yaml: expected a .toml or .json file of TrainConfig"),
+        ("run.json", "{task: 1}", r"cannot read .*run.json: Expecting property name"),
+        ("run.json", "[1, 2]", r"run.json: expected a JSON object of TrainConfig fields, got list"),
+        ("run.json", '{"max_stepz": 3}', r"run.json: max_stepz not TrainConfig fields"),
+        ("run.json", '{"n_layers": "2"}', r"run.json: n_layers must be int, got '2' \(str\)"),
+    ]:
+        path = tmp_path / name
+        path.write_text(content)
+        with pytest.raises((ValueError, TypeError), match=message):
+            parsed("--config", str(path))
+
+
+def test_text_columns_are_chosen_by_flags(tmp_path, capsys):
+    from tiny import word_tokenizer
+
+    from encoderkit.training.api import load_run
+    from encoderkit.training.config import TrainConfig
+
+    tokenizer = tmp_path / "tokenizer.json"
+    word_tokenizer().save(str(tokenizer))
+    texts = ["a man plays guitar", "the market", "a man plays", "the market the market"] * 3
+    data = tmp_path / "reviews.csv"
+    data.write_text("review,stars\n" + "".join(f"{t},{1 + 4 * (i % 2)}\n"
+                                               for i, t in enumerate(texts)))  # fmt: skip
+    run = tmp_path / "run"
+    argv = ["train", "--task", "text", "--data", str(data), "--tokenizer", str(tokenizer),
+            "--d-model", "16", "--n-heads", "2", "--d-ff", "32", "--n-layers", "1",
+            "--text-max-length", "8", "--batch-size", "4", "--max-steps", "2", "--eval-every",
+            "2", "--no-progress", "--out", str(run)]  # fmt: skip
+    with pytest.raises(
+        SystemExit,
+        match=r"reviews.csv: missing column\(s\) \['text', 'label'\] in the header row; found "
+        r"columns \['review', 'stars'\]",
+    ):
+        main(argv)
+    assert main([*argv, "--text-column", "review", "--label-column", "stars", "--json"]) == 0
+    capsys.readouterr()
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["classes"] == ["1", "5"]
+    assert (saved["config"]["text_column"], saved["config"]["label_column"]) == ("review", "stars")
+
+    assert main(["eval", str(run), "--data", str(data), "--json"]) == 0  # the run's columns
+    evaluated = json.loads(capsys.readouterr().out)
+    expected = load_run(run).evaluate(data)
+    assert evaluated["examples"] == 12 == expected["examples"]
+    assert evaluated["accuracy"] == round(expected["accuracy"], 4)
+    assert main(["predict", str(run), "--file", str(data), "--json", "-"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["input"] for r in records] == texts  # the run's text column, "review"
+
+    with pytest.raises(ValueError, match="text_column applies to the text task only, not to "):
+        TrainConfig(task="tokens", text_column="review")
+    with pytest.raises(ValueError, match="label_column must name a column of the data file"):
+        TrainConfig(task="text", label_column="")

@@ -32,3 +32,14 @@ def test_tour_figures(preset):
 def test_tour_rejects_unknown_preset():
     with pytest.raises(ValueError, match="preset must be one of .*got 'huge'"):
         run_tour("huge")
+
+
+def test_tour_json_is_the_figures_run_tour_returns(capsys):
+    import json
+
+    from encoderkit.cli import main
+
+    assert main(["tour", "--preset", "tiny", "--batch", "3", "--seq-len", "8", "--json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()  # nothing but the JSON object
+    figures = run_tour("tiny", batch=3, seq_len=8, seed=0, log=lambda line: None)
+    assert json.loads(line) == {"preset": "tiny", "batch": 3, "seq_len": 8, "seed": 0, **figures}

@@ -87,7 +87,7 @@ def test_sentence_embedding_is_what_encode_computes(sentence):
     texts = ["a man plays guitar", "the market", "a man plays the guitar the man plays", "a"]
     ids, mask = model.tokenize(texts)  # right-padded, bool mask
     out = run_onnx(path, {"input_ids": ids, "attention_mask": mask})
-    expected = model.encode(texts)
+    expected = model.encode(texts, convert_to_tensor=True)
     assert (out["sentence_embedding"] - expected).abs().max() <= ORT_ATOL
     norms = out["sentence_embedding"].norm(dim=-1)
     if model.normalize:

@@ -217,14 +217,14 @@ def tiny_sentence_encoder() -> SentenceEncoder:
 def test_sentence_encoder_precisions(tiny_sentence_encoder, dtype):
     encoder = tiny_sentence_encoder
     name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    expected = encoder.encode(SENTENCES, batch_size=4)
-    out = encoder.encode(SENTENCES, batch_size=4, precision=name)
+    expected = encoder.encode(SENTENCES, batch_size=4, convert_to_tensor=True)
+    out = encoder.encode(SENTENCES, batch_size=4, precision=name, convert_to_tensor=True)
     assert out.dtype == torch.float32
     check_cosine(out, expected, dtype)
     assert not torch.equal(out, expected)  # it did compute in half precision
     converted = converted_copy(encoder, dtype)
     for precision in (None, name):  # None: the model's own dtype, which name is
-        out = converted.encode(SENTENCES, batch_size=4, precision=precision)
+        out = converted.encode(SENTENCES, batch_size=4, precision=precision, convert_to_tensor=True)
         assert out.dtype == torch.float32
         check_cosine(out, expected, dtype)
         torch.testing.assert_close(out.norm(dim=-1), torch.ones(len(SENTENCES)))
@@ -283,7 +283,7 @@ def minilm() -> SentenceEncoder:
 
 @pytest.fixture(scope="module")
 def minilm_fp32(minilm) -> torch.Tensor:
-    return minilm.encode(REAL_TEXTS, precision="fp32")
+    return minilm.encode(REAL_TEXTS, precision="fp32", convert_to_tensor=True)
 
 
 # Min cosine to fp32 over REAL_TEXTS, measured on an AVX-512 BF16 CPU in brackets.
@@ -307,10 +307,10 @@ SLOW_ON_CPU = pytest.mark.slow
 def test_minilm_half_precision_against_fp32(minilm, minilm_fp32, precision, mode):
     assert len(REAL_TEXTS) == 64
     if mode == "autocast":
-        out = minilm.encode(REAL_TEXTS, precision=precision)
+        out = minilm.encode(REAL_TEXTS, precision=precision, convert_to_tensor=True)
     else:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-        out = converted_copy(minilm, dtype).encode(REAL_TEXTS)
+        out = converted_copy(minilm, dtype).encode(REAL_TEXTS, convert_to_tensor=True)
     assert out.dtype == torch.float32
     assert not out.isnan().any()
     cosine = (out * minilm_fp32).sum(dim=-1)  # unit vectors

@@ -7,6 +7,7 @@ import shutil
 import time
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from tiny import WORD_TEXT, WORDS, word_tokenizer, write_sentence_dir
@@ -48,7 +49,7 @@ def reference(gt):
 
 def test_embeddings_equal_sentence_transformers(ours, reference):
     expected = reference.encode(TEXTS, convert_to_tensor=True, batch_size=4)
-    out = ours.encode(TEXTS, batch_size=4)
+    out = ours.encode(TEXTS, batch_size=4, convert_to_tensor=True)
     assert out.shape == (len(TEXTS), 384)
     torch.testing.assert_close(out, expected.cpu(), atol=1e-5, rtol=0)
 
@@ -63,17 +64,18 @@ def test_token_ids_equal_the_reference_tokenizer(ours, reference):
 
 
 def test_batching_and_order_do_not_change_embeddings(ours):
-    one_by_one = ours.encode(TEXTS, batch_size=1)
-    together = ours.encode(TEXTS, batch_size=32)
-    reversed_order = ours.encode(TEXTS[::-1], batch_size=3).flip(0)
+    one_by_one = ours.encode(TEXTS, batch_size=1, convert_to_tensor=True)
+    together = ours.encode(TEXTS, batch_size=32, convert_to_tensor=True)
+    reversed_order = ours.encode(TEXTS[::-1], batch_size=3, convert_to_tensor=True).flip(0)
     torch.testing.assert_close(together, one_by_one, atol=1e-6, rtol=0)
     torch.testing.assert_close(reversed_order, one_by_one, atol=1e-6, rtol=0)
     torch.testing.assert_close(one_by_one.norm(dim=-1), torch.ones(len(TEXTS)), atol=1e-6, rtol=0)
-    torch.testing.assert_close(ours.encode("short"), one_by_one[-1:], atol=1e-6, rtol=0)
+    short = ours.encode("short", convert_to_tensor=True)  # one text: one (D,) vector
+    torch.testing.assert_close(short, one_by_one[-1], atol=1e-6, rtol=0)
 
 
 def test_similar_sentences_are_closer(ours):
-    a, b, c = ours.encode(TEXTS[:3])
+    a, b, c = ours.encode(TEXTS[:3])  # (D,) numpy vectors
     assert a @ b > 0.5 > a @ c
 
 
@@ -81,7 +83,7 @@ def test_loads_from_a_directory(tmp_path, ours, gt):
     target = tmp_path / "minilm"
     shutil.copytree(gt.get_model_path(), target)
     again = SentenceEncoder.from_pretrained(target)
-    torch.testing.assert_close(again.encode(TEXTS[:2]), ours.encode(TEXTS[:2]), atol=0, rtol=0)
+    assert (again.encode(TEXTS[:2]) == ours.encode(TEXTS[:2])).all()
     (target / "tokenizer.json").unlink()
     with pytest.raises(PretrainedError, match="expected tokenizer.json in"):
         SentenceEncoder.from_pretrained(target)
@@ -111,7 +113,7 @@ def test_tiny_directory_loads(tiny_dir):
     ids, mask = model.tokenize(["a man plays guitar", "the"])
     assert ids.tolist() == [[2, 4, 5, 6, 7, 3], [2, 8, 3, 0, 0, 0]]
     assert mask.tolist() == [[True] * 6, [True] * 3 + [False] * 3]
-    out = model.encode(["a man plays guitar", "the"])
+    out = model.encode(["a man plays guitar", "the"], convert_to_tensor=True)
     torch.testing.assert_close(out.norm(dim=-1), torch.ones(2), atol=1e-6, rtol=0)
 
 
@@ -120,8 +122,10 @@ def test_no_texts_give_empty_tensors(tiny_dir):
     ids, mask = model.tokenize([])
     assert ids.shape == mask.shape == (0, 0)
     assert ids.dtype == torch.int64 and mask.dtype == torch.bool
-    out = model.encode([])
+    out = model.encode([], convert_to_tensor=True)
     assert out.shape == (0, 32) and out.dtype == torch.float32
+    array = model.encode([])  # sentence-transformers gives shape (0,) here: (0, D) is a matrix
+    assert array.shape == (0, 32) and array.dtype == np.float32
 
 
 NOT_UTF8 = b'{"max_seq_length": 12, "note": "caf\xe9"}'  # Latin-1, not UTF-8
@@ -230,8 +234,10 @@ def test_cls_pooling_equals_sentence_transformers(tiny_dir, pooling):
         reference = st.SentenceTransformer(str(tiny_dir), device="cpu")
     expected = reference.encode(texts, convert_to_tensor=True)
     assert ours.pooling == "cls"
-    assert (ours.encode(texts) - expected).abs().max() <= 1e-6
-    mean = SentenceEncoder(ours.model, ours.tokenizer, 12, pooling="mean").encode(texts)
+    assert (ours.encode(texts, convert_to_tensor=True) - expected).abs().max() <= 1e-6
+    mean = SentenceEncoder(ours.model, ours.tokenizer, 12, pooling="mean").encode(
+        texts, convert_to_tensor=True
+    )
     assert (mean - expected).abs().max() > 1e-2  # the pooling matters on these texts
 
 
@@ -269,9 +275,9 @@ def test_a_half_precision_model_encodes_float32_embeddings(tiny_dir, dtype):
     # Regression: a bfloat16 model crashed with "Index put requires the source and destination
     # dtypes match" (float32 output buffer, bfloat16 vectors)
     model = SentenceEncoder.from_pretrained(tiny_dir)
-    expected = model.encode(TINY_TEXTS)
+    expected = model.encode(TINY_TEXTS, convert_to_tensor=True)
     model.model.to(dtype)
-    out = model.encode(TINY_TEXTS)
+    out = model.encode(TINY_TEXTS, convert_to_tensor=True)
     assert out.dtype == torch.float32 and out.shape == (4, 32)
     cosine = (out * expected).sum(dim=-1)  # unit vectors; bounds in tests/models/test_precision.py
     assert cosine.min() >= 0.999
@@ -281,23 +287,23 @@ def test_a_half_precision_model_encodes_float32_embeddings(tiny_dir, dtype):
 @pytest.mark.parametrize("precision", [None, "fp32", "bf16", "fp16"])
 def test_embeddings_are_float32_at_every_precision(tiny_dir, precision):
     model = SentenceEncoder.from_pretrained(tiny_dir)
-    expected = model.encode(TINY_TEXTS, batch_size=3)
-    out = model.encode(TINY_TEXTS, batch_size=3, precision=precision)
+    expected = model.encode(TINY_TEXTS, batch_size=3, convert_to_tensor=True)
+    out = model.encode(TINY_TEXTS, batch_size=3, precision=precision, convert_to_tensor=True)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.norm(dim=-1), torch.ones(4), atol=1e-6, rtol=0)
     if precision in (None, "fp32"):
         assert torch.equal(out, expected)
     else:
         assert (out * expected).sum(dim=-1).min() >= 0.999
-    assert model.encode([], precision=precision).dtype == torch.float32
+    assert model.encode([], precision=precision).dtype == np.float32
 
 
 def test_precision_fp32_overrides_an_outer_autocast_and_none_follows_it(tiny_dir):
     model = SentenceEncoder.from_pretrained(tiny_dir)
     fp32, bf16 = model.encode(TINY_TEXTS), model.encode(TINY_TEXTS, precision="bf16")
     with torch.autocast("cpu", torch.bfloat16):
-        assert torch.equal(model.encode(TINY_TEXTS, precision="fp32"), fp32)
-        assert torch.equal(model.encode(TINY_TEXTS), bf16)
+        assert (model.encode(TINY_TEXTS, precision="fp32") == fp32).all()
+        assert (model.encode(TINY_TEXTS) == bf16).all()
 
 
 def test_precision_is_checked_before_any_work(tiny_dir, monkeypatch):
@@ -340,11 +346,14 @@ def test_compiled_encoder_equals_eager(tiny_dir):
     texts = [*TINY_TEXTS, "plays", "the man plays the guitar a market"]
     # batch sizes 4 and 3: new batch and sequence sizes, which the dynamic graph must take
     for batch_size in (4, 3):
-        out = compiled.encode(texts, batch_size=batch_size)
-        torch.testing.assert_close(out, eager.encode(texts), atol=1e-5, rtol=0)
-    out = compiled.encode(texts, precision="bf16")
+        out = compiled.encode(texts, batch_size=batch_size, convert_to_tensor=True)
+        torch.testing.assert_close(
+            out, eager.encode(texts, convert_to_tensor=True), atol=1e-5, rtol=0
+        )
+    out = compiled.encode(texts, precision="bf16", convert_to_tensor=True)
     assert out.dtype == torch.float32
-    assert (out * eager.encode(texts, precision="bf16")).sum(dim=-1).min() >= 0.9999
+    bf16 = eager.encode(texts, precision="bf16", convert_to_tensor=True)
+    assert (out * bf16).sum(dim=-1).min() >= 0.9999
 
 
 def test_a_roberta_sentence_model_equals_sentence_transformers(tmp_path):
@@ -379,4 +388,4 @@ def test_a_roberta_sentence_model_equals_sentence_transformers(tmp_path):
     )
     assert ours.model.config.position_offset == 1 and not ours.normalize  # no Normalize module
     assert ours.max_seq_length == 12
-    assert (ours.encode(texts) - expected).abs().max() <= 1e-6
+    assert (ours.encode(texts, convert_to_tensor=True) - expected).abs().max() <= 1e-6

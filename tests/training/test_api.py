@@ -150,7 +150,7 @@ def test_predict_reads_a_file_and_writes_json_lines(tmp_path, capsys):
     assert label in ("neg", "pos") and 0.5 <= float(probability) <= 1 and text.startswith("the")
     data = tmp_path / "labelled.csv"
     data.write_text("text,label\nthe film was great,pos\nthe film was awful,neg\n")
-    assert main(["eval", str(run), "--data", str(data)]) == 0
+    assert main(["eval", str(run), "--data", str(data), "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["split"] == str(data) and evaluated["examples"] == 2
 

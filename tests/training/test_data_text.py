@@ -11,7 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from encoderkit.training.data.text import LabelledTexts, read_labelled_texts, split
+from encoderkit.training.data.text import (
+    LabelledTexts,
+    read_labelled_texts,
+    read_texts,
+    read_values,
+    split,
+)
 
 ROWS = [
     ("Das Essen war großartig! 😋", "pos"),
@@ -67,6 +73,18 @@ def test_other_columns_a_bom_and_non_string_labels(tmp_path):
     records.append({"text": "d", "label": 2})
     data = read_labelled_texts(write_jsonl(tmp_path / "n.jsonl", records))
     assert data.classes == ["1", "10", "2"] and data.labels == [0, 0, 1, 2]
+
+
+def test_regression_values_and_prediction_texts_come_from_the_named_columns(tmp_path):
+    path = write_csv(tmp_path / "r.csv", [("good", "4.5"), ("bad", "1"), ("ok", " 3 ")],
+                     header=("review", "stars"))  # fmt: skip
+    assert read_values(path, "review", "stars") == (["good", "bad", "ok"], [4.5, 1.0, 3.0])
+    assert read_texts(path, "review") == ["good", "bad", "ok"]
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['text', 'label'\] .* \['review'"):
+        read_values(path)
+    path = write_csv(tmp_path / "s.csv", [("good", "five")], header=("review", "stars"))
+    with pytest.raises(ValueError, match="s.csv, row 1: expected a finite number in 'stars'"):
+        read_values(path, "review", "stars")
 
 
 @pytest.mark.parametrize(

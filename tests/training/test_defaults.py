@@ -106,7 +106,7 @@ def test_the_best_checkpoint_is_chosen_on_validation_and_test_is_reported(
     ]  # fmt: skip
     assert metrics(run)[-1]["checkpoint_step"] == 4
     monkeypatch.setattr(loop, "evaluate", real)
-    assert main(["eval", str(run)]) == 0  # reports the test split, on the best checkpoint
+    assert main(["eval", str(run), "--json"]) == 0  # reports the test split, on the best checkpoint
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["split"] == "test" and evaluated["examples"] == 360
     assert evaluated["accuracy"] == pytest.approx(results["test"]["accuracy"], abs=1e-4)

@@ -244,14 +244,18 @@ def test_export_loads_in_sentence_encoder_and_sentence_transformers(tuned, tmp_p
         ours = F.normalize(model(ids, mask), dim=1)
     encoder = SentenceEncoder.from_pretrained(directory)
     assert encoder.max_seq_length == 32 and encoder.pooling == "mean" and encoder.normalize
-    torch.testing.assert_close(encoder.encode(texts), ours, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        encoder.encode(texts, convert_to_tensor=True), ours, atol=1e-6, rtol=0
+    )
     predicted = torch.tensor([r["embedding"] for r in objective.predict(model, texts)])
     torch.testing.assert_close(predicted, ours, atol=1e-6, rtol=0)
     reference = st.SentenceTransformer(str(directory), device="cpu")
     assert reference.max_seq_length == 32
     expected = reference.encode(texts, convert_to_tensor=True)
     torch.testing.assert_close(expected, ours, atol=1e-5, rtol=0)
-    pretrained = SentenceEncoder.from_pretrained("all-MiniLM-L6-v2").encode(texts)
+    pretrained = SentenceEncoder.from_pretrained("all-MiniLM-L6-v2").encode(
+        texts, convert_to_tensor=True
+    )
     assert (pretrained - ours).abs().max() > 1e-3  # the export holds the tuned weights
 
 
@@ -273,7 +277,9 @@ def test_cls_export_of_a_small_model(tmp_path, minilm):
         ours = F.normalize(model(ids, mask), dim=1)
     encoder = SentenceEncoder.from_pretrained(directory)
     assert encoder.pooling == "cls" and encoder.max_seq_length == 12
-    torch.testing.assert_close(encoder.encode(texts), ours, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        encoder.encode(texts, convert_to_tensor=True), ours, atol=1e-6, rtol=0
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         expected = st.SentenceTransformer(str(directory), device="cpu").encode(

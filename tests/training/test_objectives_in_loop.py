@@ -88,10 +88,10 @@ def test_a_text_run_starts_from_an_mlm_run_s_encoder(tmp_path, corpus):
 
 def test_tokens_from_a_conll_file_reaches_entity_f1_095(tmp_path, capsys):
     data = tmp_path / "ner.conll"
-    write_conll(data, generate_conll(400, seed=2))
+    write_conll(data, generate_conll(1500, seed=2))
     run = tmp_path / "run"
     args = ["train", "--task", "tokens", "--data", str(data), "--out", str(run),
-            "--max-steps", "150", "--eval-every", "50", "--batch-size", "32", "--lr", "3e-3",
+            "--max-steps", "300", "--eval-every", "50", "--batch-size", "32", "--lr", "3e-3",
             "--d-model", "64", "--n-layers", "2", "--n-heads", "4", "--d-ff", "128",
             "--text-max-length", "48", "--no-progress"]  # fmt: skip
     assert main(args) == 0
@@ -102,8 +102,8 @@ def test_tokens_from_a_conll_file_reaches_entity_f1_095(tmp_path, capsys):
     assert main(["predict", str(run), "Grace Novak works for Lima Bank .", "--json", "-"]) == 0
     (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert record["words"][0] == "Grace" and len(record["tags"]) == len(record["words"])
-    assert main(["eval", str(run), "--data", str(data)]) == 0
-    assert json.loads(capsys.readouterr().out)["examples"] == 400
+    assert main(["eval", str(run), "--data", str(data), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["examples"] == 1500
 
 
 def test_pairs_from_minilm_writes_a_sentence_encoder_that_embed_reads(tmp_path, capsys):
@@ -120,8 +120,8 @@ def test_pairs_from_minilm_writes_a_sentence_encoder_that_embed_reads(tmp_path, 
     folder = run.path / "sentence-encoder"
     assert (folder / "modules.json").is_file()
     texts = ["a storm on a giant planet", "fresh pasta"]
-    want = run.sentence_encoder().encode(texts)
-    got = encoderkit.SentenceEncoder.from_pretrained(folder).encode(texts)
+    want = run.sentence_encoder().encode(texts, convert_to_tensor=True)
+    got = encoderkit.SentenceEncoder.from_pretrained(folder).encode(texts, convert_to_tensor=True)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
     assert main(["embed", *texts, "--model", str(run.path), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)

@@ -665,11 +665,11 @@ def test_a_run_model_is_rebuilt_without_its_training_data(tmp_path, monkeypatch,
     cfg, task = load_run_model(run)
     assert sizes == [] and task.train == () and task.test == ()
     assert cfg.listops_train_size == 10**8 and task.classes == [str(d) for d in range(10)]
-    assert main(["eval", str(run)]) == 0
+    assert main(["eval", str(run), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["examples"] == 16
     assert sizes == []  # the test split was saved in the run directory
     (run / "test-split.safetensors").unlink()  # as in runs written before it was saved
-    assert main(["eval", str(run)]) == 0
+    assert main(["eval", str(run), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["examples"] == 16
     assert sizes == [16]  # the test split alone was generated again
 

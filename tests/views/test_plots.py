@@ -18,12 +18,18 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
+from encoderkit.views.image_plots import (
+    attention_rollout,
+    image_attention_figure,
+    plot_image_attention,
+)
 from encoderkit.views.plots import (
     DPI,
     MAX_FIGURE_INCHES,
-    attention_rollout,
+    OVERVIEW_TOKEN_LABELS,
+    heads_figure,
+    overview_figure,
     plot_heads,
-    plot_image_attention,
     plot_overview,
     plot_run,
 )
@@ -196,14 +202,74 @@ def test_the_heads_picture_follows_the_maps(tmp_path):
 
 
 def test_plot_overview_size_and_a_token_text_matplotlib_would_parse(tmp_path):
-    # 3 layers x 4 heads of 1-inch cells with 0.06 gaps: (0.5 + 4 x 1.06 + 0.9) x
-    # (0.85 + 3 x 1.06 + 0.15) inches, rounded up to a quarter inch. The tokens "$", "}", "$"
-    # would be mathtext (and a parse error) unless escaped.
+    # 3 layers x 4 heads of 1-inch cells with 0.06 gaps, T = 5 tokens labelled at 7 pt, the
+    # longest "[CLS]": a label margin of 0.15 + 5 x 7 x 0.62 / 72 = 0.45 inches left and below.
+    # (0.5 + 0.45 + 4 x 1.06 + 0.9) x (0.85 + 3 x 1.06 + 0.15 + 0.45) inches, rounded up to a
+    # quarter inch. The tokens "$", "}", "$" would be mathtext (and a parse error) unless escaped.
     maps = [random_maps(4, 5, 5, seed=s) for s in range(3)]
     tokens = ["[CLS]", "$", "}", "$", "[SEP]"]
-    open_png(plot_overview(maps, tokens, tmp_path / "all.png"), (575, 425))
+    open_png(plot_overview(maps, tokens, tmp_path / "all.png"), (625, 475))
     open_png(plot_heads(maps[0], tokens, tmp_path / "one.png", title="$}$"))
     assert plt.get_fignums() == []
+
+
+def colour_bars(fig: Figure) -> list:
+    """The figure's colour bars (matplotlib marks a colour bar's axes with ``_colorbar``)."""
+    return [ax._colorbar for ax in fig.axes if getattr(ax, "_colorbar", None) is not None]
+
+
+def panels(fig: Figure) -> list:
+    return [ax for ax in fig.axes if getattr(ax, "_colorbar", None) is None]
+
+
+def tick_texts(labels) -> list[str]:
+    return [t.get_text() for t in labels]
+
+
+def test_heads_figure_names_the_heads_it_draws():
+    maps = random_maps(12, 5, 5)
+    fig = heads_figure(maps[3:4], TOKENS, title="MiniLM, layer 2, head 3", head_numbers=[3])
+    (ax,) = panels(fig)
+    assert ax.get_title() == "H3"  # the head asked for, not H0
+    assert tick_texts(ax.get_xticklabels()) == TOKENS == tick_texts(ax.get_yticklabels())
+    assert torch.equal(torch.from_numpy(ax.images[0].get_array().data), maps[3])
+    assert fig._suptitle.get_text() == "MiniLM, layer 2, head 3"
+    (bar,) = colour_bars(fig)
+    assert (bar.norm.vmin, bar.norm.vmax) == (0.0, 1.0)
+    assert bar.ax.get_ylabel() == "attention (query row → key column)"
+    all_heads = heads_figure(maps[:6], TOKENS)
+    assert [ax.get_title() for ax in panels(all_heads)] == [f"H{h}" for h in range(6)]
+    with pytest.raises(ValueError, match=r"must name the 2 heads drawn, got \[3\]"):
+        heads_figure(maps[:2], TOKENS, head_numbers=[3])
+
+
+def test_overview_figure_labels_tokens_and_names_the_model():
+    maps = [random_maps(4, 5, 5, seed=s) for s in range(3)]
+    fig = overview_figure(maps, TOKENS, title="all-MiniLM-L6-v2")
+    cells = panels(fig)
+    assert len(cells) == 12 and len(colour_bars(fig)) == 1
+    assert fig._suptitle.get_text() == (
+        "all-MiniLM-L6-v2: 3 layers x 4 heads, 5 tokens\n[CLS] the cat sat [SEP]"
+    )
+    grid = [cells[4 * layer : 4 * layer + 4] for layer in range(3)]
+    assert [ax.get_title() for ax in grid[0]] == ["H0", "H1", "H2", "H3"]
+    assert [row[0].get_ylabel() for row in grid] == ["L0", "L1", "L2"]
+    for layer, row in enumerate(grid):
+        for head, ax in enumerate(row):  # tokens on the left column and the bottom row only
+            assert tick_texts(ax.get_yticklabels()) == (TOKENS if head == 0 else [])
+            assert tick_texts(ax.get_xticklabels()) == (TOKENS if layer == 2 else [])
+            assert torch.equal(torch.from_numpy(ax.images[0].get_array().data), maps[layer][head])
+
+
+def test_overview_figure_leaves_out_tokens_above_the_limit_and_says_so():
+    T = OVERVIEW_TOKEN_LABELS + 1
+    fig = overview_figure([random_maps(2, T, T)], [f"w{i}" for i in range(T)])
+    assert all(ax.get_xticklabels() == [] == ax.get_yticklabels() for ax in panels(fig))
+    title = fig._suptitle.get_text()
+    assert title.startswith(f"1 layers x 2 heads, {T} tokens (axes unlabelled above 24 tokens")
+    shown = overview_figure([random_maps(2, 24, 24)], [f"w{i}" for i in range(24)])
+    # 24 tokens along 1 inch: 3 pt apart, so 4 pt labels on every second token
+    assert tick_texts(panels(shown)[0].get_yticklabels()) == [f"w{i}" for i in range(0, 24, 2)]
 
 
 def hand_maps() -> list[torch.Tensor]:
@@ -249,33 +315,77 @@ def class_token_on(patch: int, heads: int, n_patches: int, layers: int = 2) -> l
     return [maps.clone() for _ in range(layers)]
 
 
-def test_plot_image_attention_gray_size_and_where_the_class_token_looks(tmp_path):
-    # An 8 x 8 gray image in 2 x 2 patches (16), 4 heads: 6 panels of 2.5 inches, 5 to a row:
-    # (5 x 2.65 + 0.15) x (2 x 3.0 + 0.15) inches, rounded up to a quarter inch.
-    image = torch.full((1, 8, 8), 0.5)
-    top_left = open_png(
-        plot_image_attention(image, class_token_on(0, 4, 16), 2, tmp_path / "a.png"), (1350, 625)
+def test_image_attention_figure_content():
+    # A 4 x 4 gray image in 2 x 2 patches, 2 layers of 3 heads: the class token of every head
+    # looks at patch 1 alone, so each head panel is 1 on patch 1's pixels and 0 elsewhere.
+    image = torch.zeros(1, 4, 4)
+    image[0, :, 1] = 1.0  # a bright stroke on black
+    maps = class_token_on(1, 3, 4)
+    fig = image_attention_figure(
+        image, maps, 2, layer=1, label="7", predicted="1 (40%)", title="run (digits)"
     )
-    bottom_right = open_png(
-        plot_image_attention(image, class_token_on(15, 4, 16), 2, tmp_path / "b.png")
-    )
-    # Head 0's panel spans x 280..530, y 50..300 px; each patch is a 62.5 px square.
-    tl, br = (slice(58, 105), slice(288, 335)), (slice(245, 292), slice(475, 522))
-    for picture, bright, dark in ((top_left, tl, br), (bottom_right, br, tl)):
-        assert picture[bright].mean() > picture[dark].mean() + 80
-    assert (top_left[55:295, 20:260] == 128).all()  # the first panel: the plain gray image
+    axes = panels(fig)
+    rolled = attention_rollout(maps)[0, 1:].sum()
+    assert [ax.get_title() for ax in axes] == [
+        "true 7, predicted 1 (40%)", "L1 H0 (patches 1.00)", "L1 H1 (patches 1.00)",
+        "L1 H2 (patches 1.00)", f"rollout L0-L1 (patches {rolled:.2f})",
+    ]  # fmt: skip
+    assert torch.equal(torch.from_numpy(axes[0].images[0].get_array().data), image[0])
+    expected = torch.zeros(4, 4)
+    expected[:2, 2:] = 1.0  # patch 1: rows 0-1, columns 2-3
+    for ax in axes[1:4]:
+        assert torch.equal(torch.from_numpy(ax.images[0].get_array().data), expected)
+        assert len(ax.collections) == 1  # the white outline of the stroke
+    (bar,) = colour_bars(fig)
+    assert (bar.norm.vmin, bar.norm.vmax) == (0.0, 1.0)  # the largest weight drawn
+    assert bar.ax.get_ylabel() == "attention weight"
+    assert all(ax.images[0].norm.vmax == 1.0 for ax in axes[1:])  # one scale for all panels
+    caption = fig.texts[0].get_text().replace("\n", " ")
+    assert caption.startswith("Layer 1: where the class token (query 0) looks.")
+    assert "'patches 1.00' means 100% of that attention goes to the patches" in caption
+    assert fig._suptitle.get_text() == "run (digits)"
+
+
+@pytest.mark.parametrize(
+    ("heads", "panel_count", "columns"),
+    [(1, 3, 3), (4, 6, 6), (5, 7, 4), (12, 14, 5)],  # image + heads + rollout
+)
+def test_image_attention_grid_fits_the_panels_drawn(heads, panel_count, columns):
+    fig = image_attention_figure(torch.rand(1, 4, 4), class_token_on(0, heads, 4), 2)
+    lefts = sorted({round(ax.get_position().x0, 6) for ax in panels(fig)})
+    rows = -(-panel_count // columns)
+    assert len(panels(fig)) == panel_count and len(lefts) == columns
+    assert columns * rows - panel_count < rows  # no row ends more than one panel short
+
+
+def test_image_attention_figure_one_head_and_the_mean_query():
+    # Mean pooling reads the patches: "mean" draws rows 1..N averaged, not the class token's row.
+    maps = [random_maps(4, 5, 5, seed=s) for s in range(2)]
+    fig = image_attention_figure(torch.rand(1, 4, 4), maps, 2, heads=[2], query="mean")
+    axes = panels(fig)
+    assert [ax.get_title().split(" (")[0] for ax in axes] == ["image", "L1 H2", "rollout L0-L1"]
+    mean_row = maps[1][2, 1:, 1:].mean(dim=0)  # (N,)
+    drawn = torch.from_numpy(axes[1].images[0].get_array().data)
+    torch.testing.assert_close(drawn[::2, ::2].flatten(), mean_row)
+    assert f"(patches {mean_row.sum():.2f})" in axes[1].get_title()
+    assert "averaged over the 4 patch queries" in fig.texts[0].get_text().replace("\n", " ")
+    with pytest.raises(ValueError, match=r"heads must lie in \[0, 3\], got \[4\]"):
+        image_attention_figure(torch.rand(1, 4, 4), maps, 2, heads=[4])
+    with pytest.raises(ValueError, match="query must be 'cls' or 'mean', got 'max'"):
+        image_attention_figure(torch.rand(1, 4, 4), maps, 2, query="max")
 
 
 def test_plot_image_attention_rgb_and_rectangular(tmp_path):
-    # A 32 x 48 red image in 8 x 8 patches (4 x 6), 2 heads: 4 panels in one row,
-    # 2.5 x 1.67 inches each: (4 x 2.65 + 0.15) x (1.67 + 0.5 + 0.15) inches, rounded up.
+    # A 32 x 48 red image in 8 x 8 patches (4 x 6), 2 heads: 4 panels in one row.
     image = torch.zeros(3, 32, 48)
     image[0] = 1.0
-    picture = open_png(
-        plot_image_attention(image, class_token_on(3, 2, 24), 8, tmp_path / "rgb.png", layer=0),
-        (1075, 250),
-    )
-    assert (picture[70:210, 20:260] == np.array([255, 0, 0])).all()
+    fig = image_attention_figure(image, class_token_on(3, 2, 24), 8, layer=0)
+    axes = panels(fig)
+    assert len(axes) == 4 and len({round(ax.get_position().y0, 6) for ax in axes}) == 1
+    assert torch.equal(torch.from_numpy(axes[0].images[0].get_array()), image.permute(1, 2, 0))
+    assert all(len(ax.collections) == 0 for ax in axes)  # a flat image has no outline
+    out = plot_image_attention(image, class_token_on(3, 2, 24), 8, tmp_path / "rgb.png", layer=0)
+    open_png(out)
     assert plt.get_fignums() == []
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,8 +32,23 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "`train --task pairs` run directory",
     )
     embed.add_argument("--similarity", action="store_true", help="print cosine similarities")
+    embed.add_argument(
+        "--query",
+        action="append",
+        metavar="TEXT",
+        help="search: rank the texts (and --file lines) by similarity to TEXT; repeatable",
+    )
+    embed.add_argument(
+        "--top-k",
+        type=int,
+        default=5,
+        metavar="K",
+        help="with --query: how many to show; default: 5",
+    )
     embed.add_argument("--json", action="store_true", help="print JSON with full vectors")
-    embed.add_argument("--batch-size", type=int, default=32)
+    embed.add_argument(
+        "--batch-size", type=int, default=32, help="texts per forward pass; default: 32"
+    )
     embed.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -59,6 +76,10 @@ def embed_command(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise SystemExit("encoderkit embed: --batch-size must be at least 1")
+    if args.top_k < 1:
+        raise SystemExit("encoderkit embed: --top-k must be at least 1")
+    if args.query and args.similarity:
+        raise SystemExit("encoderkit embed: give --query or --similarity, not both")
     count = len(args.texts) + (0 if args.file is None else _count_lines(args.file))
     if count == 0:
         raise SystemExit("encoderkit embed: give texts as arguments or with --file")
@@ -85,9 +106,13 @@ def embed_command(args: argparse.Namespace) -> int:
     def chunks() -> Iterator[tuple[list[str], torch.Tensor]]:
         texts = _texts(args)
         while chunk := list(itertools.islice(texts, EMBED_CHUNK)):
-            vectors = encoder.encode(chunk, batch_size=args.batch_size, precision=args.precision)
+            vectors = encoder.encode(
+                chunk, batch_size=args.batch_size, precision=args.precision, convert_to_tensor=True
+            )
             yield chunk, vectors  # (n, D)
 
+    if args.query:
+        return _search(args, encoder, chunks())
     if args.similarity:
         texts, parts = [], []
         for chunk, vectors in chunks():
@@ -117,6 +142,43 @@ def embed_command(args: argparse.Namespace) -> int:
             for text, vector in zip(chunk, vectors.tolist(), strict=True):
                 head = ", ".join(f"{v:+.4f}" for v in vector[:4])
                 print(f"{_label(text, 40):<40}  [{head}, ..., {vector[-1]:+.4f}]")
+    return 0
+
+
+def _search(
+    args: argparse.Namespace,
+    encoder: Any,
+    chunks: Iterator[tuple[list[str], torch.Tensor]],
+) -> int:
+    """The ``--top-k`` texts most similar to each ``--query``, kept as a running top-k while the
+    texts stream by, so a large --file needs memory for k texts, not for all of them."""
+    queries = encoder.encode(
+        args.query, batch_size=args.batch_size, precision=args.precision, convert_to_tensor=True
+    )  # (Q, D)
+    best_scores = torch.full((len(args.query), 0), -math.inf)  # (Q, <=k)
+    best_texts: list[list[str]] = [[] for _ in args.query]
+    for chunk, vectors in chunks:
+        scores = torch.cat([best_scores, queries @ vectors.T], dim=1)  # (Q, k + n): cosines
+        keep = torch.topk(scores, min(args.top_k, scores.shape[1]), dim=1)
+        best_texts = [
+            [(old + chunk)[int(i)] for i in row]
+            for old, row in zip(best_texts, keep.indices, strict=True)
+        ]
+        best_scores = keep.values
+    results = [
+        {
+            "query": q,
+            "results": [{"text": t, "score": float(s)} for t, s in zip(ts, ss, strict=True)],
+        }
+        for q, ts, ss in zip(args.query, best_texts, best_scores, strict=True)
+    ]
+    if args.json:
+        print(json.dumps(results, ensure_ascii=False))
+        return 0
+    for result in results:
+        print(f"query: {result['query']}")
+        for rank, hit in enumerate(result["results"], start=1):
+            print(f"{rank:>3}. {hit['score']:.3f}  {hit['text']}")
     return 0
 
 

@@ -39,7 +39,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         help="all-MiniLM-L6-v2 (shipped on PyPI) or a model directory (config.json and "
         "model.safetensors, as save_pretrained writes)",
     )
-    export.add_argument("--format", choices=sorted(GRAPH_FILES), default="onnx")
+    export.add_argument(
+        "--format",
+        choices=sorted(GRAPH_FILES),
+        default="onnx",
+        help="onnx (model.onnx) or torch (a torch.export program, model.pt2); default: onnx",
+    )
     export.add_argument(
         "--out", type=Path, required=True, help="the folder to write (new or empty)"
     )
@@ -54,7 +59,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--force", action="store_true", help="write into a non-empty --out, replacing files"
     )
-    export.add_argument("--json", action="store_true", help="print one JSON object")
+    export.add_argument(
+        "--json", action="store_true", help="print what was written as one JSON object"
+    )
     export.set_defaults(run=export_command)
 
 

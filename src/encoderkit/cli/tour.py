@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import json
 from collections.abc import Callable
 
 import torch
@@ -29,17 +30,32 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     tour = commands.add_parser(
         "tour", help="build an encoder, run a padded batch, check it against the math path"
     )
-    tour.add_argument("--preset", choices=sorted(PRESETS), default="minilm_l6")
-    tour.add_argument("--batch", type=int, default=4)
-    tour.add_argument("--seq-len", type=int, default=64)
-    tour.add_argument("--seed", type=int, default=0)
+    tour.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="minilm_l6",
+        help="the encoder's sizes; default: minilm_l6",
+    )
+    tour.add_argument(
+        "--batch", type=int, default=4, help="sequences in the batch, padded; default: 4"
+    )
+    tour.add_argument("--seq-len", type=int, default=64, help="tokens per row; default: 64")
+    tour.add_argument("--seed", type=int, default=0, help="seeds weights and inputs; default: 0")
+    tour.add_argument(
+        "--json", action="store_true", help="print the measured figures as one JSON object"
+    )
     tour.set_defaults(run=tour_command)
 
 
 def tour_command(args: argparse.Namespace) -> int:
     if args.batch < 1 or args.seq_len < 1:
         raise SystemExit("encoderkit tour: --batch and --seq-len must be at least 1")
-    run_tour(args.preset, args.batch, args.seq_len, args.seed)
+    if not args.json:
+        run_tour(args.preset, args.batch, args.seq_len, args.seed)
+        return 0
+    figures = run_tour(args.preset, args.batch, args.seq_len, args.seed, log=lambda line: None)
+    setup = {"preset": args.preset, "batch": args.batch, "seq_len": args.seq_len, "seed": args.seed}
+    print(json.dumps(setup | figures))
     return 0
 
 

@@ -27,7 +27,7 @@ from encoderkit.layers.config import EncoderConfig
 from encoderkit.layers.encoder import init_weights
 from encoderkit.models.config import TextConfig, VisionConfig
 from encoderkit.models.pooling import Pooling, pool_tokens
-from encoderkit.models.text import TextEncoder
+from encoderkit.models.text import PretrainedMixin, TextEncoder
 from encoderkit.models.vision import VisionEncoder
 from encoderkit.utils.checks import (
     check_bool,
@@ -240,7 +240,7 @@ def _classification_head(
     return ClassificationHead(config.d_model, num_classes, dropout, head, config.layer_norm_eps)
 
 
-class SequenceClassifier(nn.Module):
+class SequenceClassifier(nn.Module, PretrainedMixin):
     """A text encoder with a classification head on the pooled sequence: (B, T) -> logits (B, C).
 
     ``labels`` names the classes in order and ``problem_type`` says how they were trained; both
@@ -282,7 +282,7 @@ class SequenceClassifier(nn.Module):
         return self.head(pooled)
 
 
-class TokenClassifier(nn.Module):
+class TokenClassifier(nn.Module, PretrainedMixin):
     """A text encoder with a classification head on every token: (B, T) -> logits (B, T, C).
 
     Padded positions get the head's output for a zero vector: mask them out of any loss.
@@ -314,7 +314,7 @@ class TokenClassifier(nn.Module):
 MASKED_LM_HEAD = HeadConfig(dense=True, activation="gelu", norm=True)
 
 
-class MaskedLM(nn.Module):
+class MaskedLM(nn.Module, PretrainedMixin):
     """A text encoder with a masked-LM head whose output layer is the token embedding table
     (tied: one parameter, as Hugging Face ties them): (B, T) -> logits (B, T, V).
 
@@ -353,7 +353,7 @@ class MaskedLM(nn.Module):
         return self.head(hidden, self.encoder.embeddings.tokens.weight)
 
 
-class ImageClassifier(nn.Module):
+class ImageClassifier(nn.Module, PretrainedMixin):
     """A vision encoder with a classification head: (B, C, H, W) -> logits (B, classes).
 
     "cls" pools the class token; "mean" averages the patch tokens (not the class or distillation

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import typing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import save_file
@@ -41,6 +42,7 @@ from encoderkit.models.formats.checkpoint import (
     CONFIG,
     WEIGHTS,
     PretrainedError,
+    Weights,
     open_weights,
     read_config,
 )
@@ -64,6 +66,11 @@ from encoderkit.models.text import TextEncoder
 from encoderkit.models.vision import VisionEncoder
 from encoderkit.utils.files import atomic_write, atomic_write_text
 
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+log = logging.getLogger(__name__)
+
 __all__ = [
     "PretrainedError",
     "config_from_hf",
@@ -74,6 +81,29 @@ __all__ = [
 ]
 
 Pretrained = TextEncoder | VisionEncoder | TaskModel
+# The first line of the README.md save_pretrained writes: a README.md without it is the user's
+CARD_MARK = "<!-- written by encoderkit's save_pretrained -->"
+# transformers' names of special tokens, and the tokens that fill each role in BERT-style
+# (WordPiece) and RoBERTa-style (BPE) vocabularies, in the order looked for
+SPECIAL_TOKENS = {
+    "unk_token": ("[UNK]", "<unk>"),
+    "sep_token": ("[SEP]", "</s>"),
+    "pad_token": ("[PAD]", "<pad>"),
+    "cls_token": ("[CLS]", "<s>"),
+    "mask_token": ("[MASK]", "<mask>"),
+    "bos_token": ("<s>",),
+    "eos_token": ("</s>",),
+}
+AUTO_CLASSES: dict[TaskKind | None, str] = {
+    None: "AutoModel",
+    "sequence_classification": "AutoModelForSequenceClassification",
+    "token_classification": "AutoModelForTokenClassification",
+    "masked_lm": "AutoModelForMaskedLM",
+    "image_classification": "AutoModelForImageClassification",
+}
+# buffers transformers computes from the config, in every BERT-era checkpoint (see
+# _without_derived_buffers)
+DERIVED_BUFFERS = re.compile(r"embeddings\.(position_ids|token_type_ids)")
 TASK_MODELS: dict[TaskKind, type[nn.Module]] = {
     "sequence_classification": SequenceClassifier,
     "token_classification": TokenClassifier,
@@ -117,6 +147,7 @@ def load_pretrained(path: str | Path, *, allow_pickle: bool = False, head: bool 
         # a class without the pooler ignores one in the file (bert-base-uncased's MaskedLM)
         unused_pooler = () if task.pooler else tuple(re.escape(k) for k in pooler)
         dropped = keymap.dropped + task.dropped + unused_pooler
+    weights = _without_derived_buffers(weights, dropped)
     config = fmt.config_from_hf(hf, has_pooler=has_pooler)
     check_layer_count(weights.specs, keymap, config.n_layers, source)
     try:
@@ -132,17 +163,29 @@ def load_pretrained(path: str | Path, *, allow_pickle: bool = False, head: bool 
     return model.eval()
 
 
-def save_pretrained(model: nn.Module, path: str | Path, *, model_type: str | None = None) -> Path:
+def save_pretrained(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    tokenizer: Tokenizer | str | Path | None = None,
+    model_type: str | None = None,
+) -> Path:
     """Write ``model`` as a Hugging Face-format directory (``model.safetensors`` then
     ``config.json``, each atomically) that ``transformers`` and :func:`load_pretrained` read:
     an encoder as the family's base class (``BertModel``), a task model as its task class
-    (``BertForSequenceClassification``, with ``id2label``).
+    (``BertForSequenceClassification``, with ``id2label``), and a README.md model card (an
+    existing README.md that encoderkit did not write is kept).
+
+    ``tokenizer``, a ``tokenizers.Tokenizer`` or the path of a tokenizer.json, is written as
+    tokenizer.json with a tokenizer_config.json naming its special tokens, so that
+    ``transformers.AutoTokenizer.from_pretrained(path)`` loads it.
 
     ``model_type`` names the family to write ("bert", "roberta", "xlm-roberta", ...); by default
     the first family listed that can express the model exactly. What no family can express
     raises a ValueError listing, per family, why.
     """
     encoder, kind = _parts(model)
+    tokenizer_files = None if tokenizer is None else tokenizer_json(tokenizer, encoder)
     fmt, hf = _choose_format(model, encoder, kind, model_type)
     task = None if kind is None else fmt.task_for(kind, model)
     ours = model.state_dict()
@@ -158,7 +201,123 @@ def save_pretrained(model: nn.Module, path: str | Path, *, model_type: str | Non
     metadata = {"format": "pt", "producer": "encoderkit"}
     atomic_write(directory / WEIGHTS, lambda tmp: save_file(theirs, str(tmp), metadata))
     atomic_write_text(directory / CONFIG, json.dumps(hf, indent=2, sort_keys=True) + "\n")
+    for name, text in (tokenizer_files or {}).items():
+        atomic_write_text(directory / name, text)
+    card = directory / "README.md"
+    if card.is_file() and not card.read_text(encoding="utf-8").startswith(CARD_MARK):
+        log.info("%s: kept the README.md there, which encoderkit did not write", directory)
+    else:
+        arch = hf.get("architectures", [fmt.title])[0]
+        tokenized = (directory / "tokenizer.json").is_file()
+        # transformers' base class builds a pooler the family has and this model lacks
+        pooler = kind is not None or encoder.pooler is not None or not _pooler_sources(fmt)
+        text = model_card(model, encoder, arch, path, with_tokenizer=tokenized, with_pooler=pooler)
+        atomic_write_text(card, text)
     return directory
+
+
+def tokenizer_json(
+    tokenizer: Tokenizer | str | Path, encoder: TextEncoder | VisionEncoder
+) -> dict[str, str]:
+    """tokenizer.json and tokenizer_config.json (file name -> text) for ``tokenizer``, so that
+    transformers' AutoTokenizer loads it as a generic fast tokenizer whatever the family (no
+    vocab.txt needed), with the model's special tokens and longest input. Checked before
+    anything is written: a text model's tokenizer whose ids fit its embedding table."""
+    from tokenizers import Tokenizer
+
+    if not isinstance(encoder, TextEncoder):
+        raise TypeError(f"tokenizer is for text models, got a {type(encoder).__name__}")
+    if isinstance(tokenizer, (str, Path)):
+        try:
+            tokenizer = Tokenizer.from_file(str(tokenizer))
+        except Exception as e:  # tokenizers raises bare Exception for every unreadable file
+            raise ValueError(
+                f"tokenizer must be a tokenizers.Tokenizer or the path of a tokenizer.json, got "
+                f"{str(tokenizer)!r}, which the tokenizers library cannot read ({e})"
+            ) from e
+    if not isinstance(tokenizer, Tokenizer):
+        raise TypeError(
+            f"tokenizer must be a tokenizers.Tokenizer or the path of a tokenizer.json, got "
+            f"{type(tokenizer).__name__}"
+        )
+    c = encoder.config
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    if size > c.vocab_size:
+        raise ValueError(
+            f"tokenizer must have at most the model's vocab_size={c.vocab_size} tokens, got {size}"
+        )
+    config: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": c.max_positions if c.longest_input is None else c.longest_input,
+    }
+    # what the model's forward takes: token_type_ids only where it has segment embeddings
+    segments = ["token_type_ids"] if c.type_vocab_size else []
+    config["model_input_names"] = ["input_ids", *segments, "attention_mask"]
+    for role, candidates in SPECIAL_TOKENS.items():
+        token = next((t for t in candidates if tokenizer.token_to_id(t) is not None), None)
+        if role == "pad_token":  # the model's own padding token, whatever its name
+            token = tokenizer.id_to_token(c.pad_token_id) or token
+        if token is not None:
+            config[role] = token
+    return {
+        "tokenizer.json": tokenizer.to_str(),
+        "tokenizer_config.json": json.dumps(config, indent=2) + "\n",
+    }
+
+
+def model_card(
+    model: nn.Module,
+    encoder: TextEncoder | VisionEncoder,
+    architecture: str,
+    path: str | Path,
+    *,
+    with_tokenizer: bool,
+    with_pooler: bool = True,
+) -> str:
+    """A short README.md: what the model is, its sizes, how to load it with encoderkit and with
+    transformers (``with_pooler=False``: telling transformers not to build a pooler)."""
+    c, kind = encoder.config, _parts(model)[1]
+    params = sum(p.numel() for p in model.parameters())
+    if isinstance(c, TextConfig):
+        inputs = f"vocabulary {c.vocab_size:,} tokens, up to {c.max_positions} positions"
+    else:
+        inputs = f"{c.image_size}x{c.image_size} images in {c.patch_size}x{c.patch_size} patches"
+    labels = getattr(model, "labels", None)
+    head: Any = getattr(model, "head", None)
+    n = None if kind in (None, "masked_lm") else head.fc.out_features
+    classes = "" if n is None else f", {n} classes"
+    where = json.dumps(str(path))
+    auto = AUTO_CLASSES[kind]
+    no_pooler = ", add_pooling_layer=False"  # else transformers adds a random one, with a notice
+    lines = [
+        CARD_MARK,
+        f"# {Path(path).name}",
+        "",
+        f"A {type(model).__name__} written by encoderkit as transformers' `{architecture}`"
+        f"{classes}{': ' + ', '.join(labels) if labels else ''}.",
+        "",
+        f"{c.n_layers} layers, width {c.d_model}, {c.n_heads} heads, feed-forward {c.d_ff}; "
+        f"{inputs}; {params:,} parameters.",
+        "",
+        "## Load it",
+        "",
+        "```python",
+        f"from encoderkit import {type(model).__name__}",
+        "",
+        f"model = {type(model).__name__}.from_pretrained({where})",
+        "```",
+        "",
+        "With transformers:",
+        "",
+        "```python",
+        f"from transformers import {auto}{', AutoTokenizer' if with_tokenizer else ''}",
+        "",
+        f"model = {auto}.from_pretrained({where}{'' if with_pooler else no_pooler})",
+        *([f"tokenizer = AutoTokenizer.from_pretrained({where})"] if with_tokenizer else []),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def config_from_hf(hf: dict[str, Any], *, has_pooler: bool) -> TextConfig | VisionConfig:
@@ -293,6 +452,19 @@ def _mapping(
         f"encoder.{ours}": tuple(prefix + t for t in theirs) for ours, theirs in encoder.items()
     }
     return mapping | {ours: as_tuple(theirs) for ours, theirs in task.keys.items()}
+
+
+def _without_derived_buffers(weights: Weights, dropped: tuple[str, ...]) -> Weights:
+    """``weights`` less the buffers transformers derives from the config (BERT's position ids
+    0..T-1, ELECTRA's all-zero segment ids), which older versions saved in every checkpoint:
+    dropped silently, where the notice map_state logs is for dropped keys that held weights.
+    Only keys the family drops anyway, so a stray one still fails as unexpected."""
+    derived = {
+        k for k in weights.specs
+        if DERIVED_BUFFERS.fullmatch(k) and any(re.fullmatch(p, k) for p in dropped)
+    }  # fmt: skip
+    specs = {k: v for k, v in weights.specs.items() if k not in derived}
+    return dataclasses.replace(weights, specs=specs) if derived else weights
 
 
 # ---- saving -----------------------------------------------------------------------------

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import logging
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,6 +48,10 @@ PRECISIONS: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
 }
+# what encode returns: numpy by default, a tensor, or a list of (D,) tensors
+Embeddings = np.ndarray | torch.Tensor | list[torch.Tensor]
+# what similarity compares: encode's outputs, or anything torch.tensor reads
+EmbeddingsLike = np.ndarray | torch.Tensor | list[torch.Tensor] | list[np.ndarray] | list[Any]
 
 
 def shipped_model_path() -> Path:
@@ -193,18 +199,78 @@ class SentenceEncoder(nn.Module):
         """Token ids and attention mask, (N, T) each, padded to the longest text."""
         return pad_token_ids(self.token_ids(texts))
 
+    @overload
+    def encode(
+        self,
+        texts: list[str] | str,
+        *,
+        batch_size: int = ...,
+        show_progress_bar: bool | None = ...,
+        precision: Precision | None = ...,
+        convert_to_numpy: bool = ...,
+        convert_to_tensor: Literal[True],
+        normalize_embeddings: bool = ...,
+    ) -> torch.Tensor: ...
+
+    @overload
+    def encode(
+        self,
+        texts: list[str] | str,
+        *,
+        batch_size: int = ...,
+        show_progress_bar: bool | None = ...,
+        precision: Precision | None = ...,
+        convert_to_numpy: Literal[True] = ...,
+        convert_to_tensor: Literal[False] = ...,
+        normalize_embeddings: bool = ...,
+    ) -> np.ndarray: ...
+
+    @overload
+    def encode(
+        self,
+        texts: list[str] | str,
+        *,
+        batch_size: int = ...,
+        show_progress_bar: bool | None = ...,
+        precision: Precision | None = ...,
+        convert_to_numpy: Literal[False],
+        convert_to_tensor: Literal[False] = ...,
+        normalize_embeddings: bool = ...,
+    ) -> list[torch.Tensor] | torch.Tensor: ...
+
     @torch.inference_mode()
     def encode(
         self,
         texts: list[str] | str,
+        *,
         batch_size: int = 32,
+        show_progress_bar: bool | None = None,
         precision: Precision | None = None,
-    ) -> torch.Tensor:
-        """(N, D) float32 embeddings for N texts, in the order given, on the model's device.
-        Texts longer than ``max_seq_length`` tokens are truncated there, as
-        sentence-transformers does.
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        normalize_embeddings: bool = False,
+    ) -> Embeddings:
+        """Embeddings of ``texts`` in the order given, as sentence-transformers'
+        ``SentenceTransformer.encode`` returns them: a list of N texts gives an (N, D) float32
+        numpy array, one text a (D,) vector. Texts longer than ``max_seq_length`` tokens are
+        truncated there, as sentence-transformers does.
 
-        ``precision`` is the dtype the text model computes in:
+        The options are sentence-transformers', keyword-only:
+
+        - ``convert_to_tensor=True``: a torch tensor on the model's device instead (it wins
+          over ``convert_to_numpy``); ``convert_to_numpy=False`` alone: a list of N (D,)
+          tensors on the model's device.
+        - ``normalize_embeddings=True``: L2-normalise the vectors, on top of the model's own
+          normalisation (which all-MiniLM-L6-v2 has, and a folder without a Normalize module
+          in modules.json lacks).
+        - ``show_progress_bar``: a tqdm bar over the batches; by default shown when this
+          module's logger is at INFO or DEBUG, as sentence-transformers does with its own.
+        - ``batch_size``: texts per forward; texts of like length are batched together.
+
+        No texts give (0, D), where sentence-transformers returns an empty 1-D array.
+
+        ``precision`` is ours, not sentence-transformers' (which quantises the output): the
+        dtype the text model computes in.
 
         - ``None``: the model's own parameter dtype (float32 as loaded; bfloat16 after
           ``encoder.model.to(torch.bfloat16)``), under whatever ``torch.autocast`` the caller
@@ -222,14 +288,22 @@ class SentenceEncoder(nn.Module):
         are float32 always. A model converted to half precision cannot compute in another
         precision: that raises a ``ValueError`` before any work.
         """
-        if isinstance(texts, str):
-            texts = [texts]
+        single = isinstance(texts, str)
+        if single:
+            texts = [texts]  # type: ignore[list-item]
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             raise TypeError("texts must be a str or a list of str")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        for name, flag in [("convert_to_numpy", convert_to_numpy),
+                           ("convert_to_tensor", convert_to_tensor),
+                           ("normalize_embeddings", normalize_embeddings)]:  # fmt: skip
+            check_bool(name, flag)
+        if show_progress_bar is not None:
+            check_bool("show_progress_bar", show_progress_bar)
         weight = self.model.embeddings.tokens.weight
         compute = self._precision_context(precision, weight)
+        starts = _progress(range(0, len(texts), batch_size), show_progress_bar)
         forward = (
             functools.partial(self._compiled_forward, self) if self._compiled_forward else self
         )
@@ -239,12 +313,37 @@ class SentenceEncoder(nn.Module):
         order = sorted(range(len(texts)), key=lambda i: -len(token_ids[i]))  # like lengths
         # One autocast region for every batch: autocast casts each weight once per region
         with compute:
-            for start in range(0, len(order), batch_size):
+            for start in starts:
                 chunk = order[start : start + batch_size]
                 ids, mask = pad_token_ids([token_ids[i] for i in chunk])
                 ids, mask = ids.to(weight.device), mask.to(weight.device)
                 out[chunk] = forward(ids, mask)[1]  # (n, T) -> (n, D)
-        return out
+        if normalize_embeddings:
+            out = F.normalize(out, p=2, dim=1)
+        result: Embeddings
+        if convert_to_tensor:
+            result = out
+        elif convert_to_numpy:
+            result = out.cpu().numpy()
+        else:
+            result = list(out)
+        return result[0] if single else result
+
+    def similarity(self, a: EmbeddingsLike, b: EmbeddingsLike) -> torch.Tensor:
+        """Cosine similarities (N, M) of every row of ``a`` (N, D) with every row of ``b``
+        (M, D), as sentence-transformers' ``similarity`` with its default
+        ``similarity_fn_name="cosine"``: numpy arrays, tensors, lists of either, or (D,)
+        vectors (one row); half-precision inputs are compared in float32."""
+        a_rows, b_rows = _float_tensor(a), _float_tensor(b)
+        a_rows = a_rows.unsqueeze(0) if a_rows.dim() == 1 else a_rows  # (D,) -> (1, D)
+        b_rows = b_rows.unsqueeze(0) if b_rows.dim() == 1 else b_rows
+        return F.normalize(a_rows, p=2, dim=-1) @ F.normalize(b_rows, p=2, dim=-1).T
+
+    def similarity_pairwise(self, a: EmbeddingsLike, b: EmbeddingsLike) -> torch.Tensor:
+        """The cosine similarity of each row of ``a`` with the same row of ``b``: (N,) for two
+        (N, D) inputs, as sentence-transformers' ``similarity_pairwise``."""
+        a_rows, b_rows = _float_tensor(a), _float_tensor(b)
+        return (F.normalize(a_rows, p=2, dim=-1) * F.normalize(b_rows, p=2, dim=-1)).sum(-1)
 
     @staticmethod
     def _precision_context(
@@ -264,6 +363,42 @@ class SentenceEncoder(nn.Module):
                 f"own dtype, or convert it back with encoder.model.float()"
             )
         return torch.autocast(device_type, dtype=dtype)
+
+
+def _progress(starts: range, show: bool | None) -> Iterable[int]:
+    """``starts`` under a tqdm bar when ``show``, or, when None, when this module logs at INFO
+    or DEBUG (sentence-transformers' rule for its logger) and tqdm is installed."""
+    if show is None:
+        show = log.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
+        if show and importlib.util.find_spec("tqdm") is None:
+            return starts  # a logging level alone does not make tqdm a requirement
+    if not show:
+        return starts
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as e:
+        raise ImportError(
+            "show_progress_bar=True draws with tqdm: pip install tqdm (or 'encoderkit[train]')"
+        ) from e
+    return tqdm(starts, desc="Batches")
+
+
+def _float_tensor(x: EmbeddingsLike) -> torch.Tensor:
+    """``x`` as a tensor, lists stacked, half precision raised to float32, as
+    sentence-transformers' similarity functions read their inputs."""
+    if isinstance(x, list) and x and all(isinstance(v, torch.Tensor) for v in x):
+        t = torch.stack(typing.cast(list[torch.Tensor], x))
+    elif isinstance(x, list) and x and all(isinstance(v, np.ndarray) for v in x):
+        t = torch.from_numpy(np.stack(x))
+    elif isinstance(x, np.ndarray):
+        t = torch.from_numpy(x)
+    elif isinstance(x, torch.Tensor):
+        t = x
+    else:
+        t = torch.tensor(x)
+    if not t.is_floating_point():
+        raise TypeError(f"embeddings must be floating-point, got {t.dtype}")
+    return t.float() if torch.finfo(t.dtype).bits < 32 else t
 
 
 def pad_token_ids(token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

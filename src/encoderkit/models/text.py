@@ -6,6 +6,10 @@ Shape legend: B batch, T tokens, D model width, E embedding width (ELECTRA's; el
 
 from __future__ import annotations
 
+import typing
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
 import torch
 from torch import nn
 
@@ -14,9 +18,51 @@ from encoderkit.layers.encoder import Encoder, init_weights, trunc_normal_
 from encoderkit.models.config import TextConfig
 from encoderkit.models.pooling import Pooler, pool_tokens
 
+M = TypeVar("M", bound="PretrainedMixin")
 
-class TextEncoder(nn.Module):
+
+class PretrainedMixin:
+    """Hugging Face-style methods on every model class: ``Model.from_pretrained(dir)`` and
+    ``model.save_pretrained(dir)``, which call :func:`~encoderkit.models.pretrained.load_pretrained`
+    and :func:`~encoderkit.models.pretrained.save_pretrained`.
+
+    Here, in the lowest model module, because every model class mixes it in; the functions are
+    imported when called, since :mod:`encoderkit.models.pretrained` imports every model class.
+    """
+
+    # An encoder class reads the encoder of a task checkpoint (as transformers' BertModel
+    # does); a task class needs a checkpoint of its own class, head included.
+    loads_task_head: ClassVar[bool] = True
+
+    @classmethod
+    def from_pretrained(cls: type[M], path: str | Path, *, allow_pickle: bool = False) -> M:
+        """The model in the Hugging Face-format directory ``path``, as :func:`load_pretrained`
+        reads it; a checkpoint of another class raises a :class:`PretrainedError` naming both."""
+        from encoderkit.models.pretrained import PretrainedError, load_pretrained
+
+        model = load_pretrained(path, allow_pickle=allow_pickle, head=cls.loads_task_head)
+        if not isinstance(model, cls):
+            got = type(model).__name__
+            raise PretrainedError(
+                f"{path}: expected a {cls.__name__} checkpoint, got a {got} one; load it with "
+                f"{got}.from_pretrained or encoderkit.load_pretrained"
+            )
+        return model
+
+    def save_pretrained(
+        self, path: str | Path, *, tokenizer: Any = None, model_type: str | None = None
+    ) -> Path:
+        """Write this model as :func:`save_pretrained` does (and the tokenizer, when given)."""
+        from encoderkit.models.pretrained import save_pretrained
+
+        model = typing.cast(nn.Module, self)  # every class that mixes this in is a Module
+        return save_pretrained(model, path, tokenizer=tokenizer, model_type=model_type)
+
+
+class TextEncoder(nn.Module, PretrainedMixin):
     """Token, position and segment embeddings, then the encoder: (B, T) ids -> (B, T, D)."""
+
+    loads_task_head = False
 
     def __init__(self, config: TextConfig) -> None:
         super().__init__()

@@ -14,15 +14,18 @@ from encoderkit.layers.embeddings import PatchEmbedding
 from encoderkit.layers.encoder import Encoder
 from encoderkit.models.config import VisionConfig
 from encoderkit.models.pooling import Pooler
+from encoderkit.models.text import PretrainedMixin
 
 
-class VisionEncoder(nn.Module):
+class VisionEncoder(nn.Module, PretrainedMixin):
     """Patch embeddings with a class token, then the encoder: (B, C, H, W) -> (B, S + N, D).
 
     With pre-norm blocks (ViT) the encoder ends in the final LayerNorm. With
     ``config.distillation_token`` (DeiT) token 1 is the distillation token; :meth:`pool` still
     reads the class token, token 0.
     """
+
+    loads_task_head = False
 
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()

@@ -24,6 +24,8 @@ class TrainConfig:
     out: str = "runs/digits"  # the run directory (the CLI's default: runs/<task>-<time>)
     # text, tokens, pairs: a file (.csv / .jsonl, CoNLL for tokens); mlm: a text file or folder
     data: str | None = None
+    text_column: str = "text"  # text task: the columns of --data holding texts and labels
+    label_column: str = "label"
     # text tasks: "scratch", "all-MiniLM-L6-v2", a pretrained directory or a run directory
     init: str = "scratch"
     tokenizer: str | None = None  # a tokenizer.json or a directory; default: init's, else MiniLM's
@@ -85,6 +87,14 @@ class TrainConfig:
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
         if not self.init:
             raise ValueError("init must be 'scratch', 'all-MiniLM-L6-v2' or a path, got ''")
+        for name, default in (("text_column", "text"), ("label_column", "label")):
+            column = getattr(self, name)
+            if not column:
+                raise ValueError(f"{name} must name a column of the data file, got ''")
+            if column != default and self.task != "text":  # not silently ignored
+                raise ValueError(
+                    f"{name} applies to the text task only, not to {self.task}; got {column!r}"
+                )
         for name in (
             "epochs",
             "batch_size",
@@ -200,4 +210,65 @@ RESUMABLE_CHANGES = {
     "compile",  # the same maths, only rounded differently (about 1e-6 relative in fp32)
     "gradient_checkpointing",  # the same maths: activations recomputed, dropout masks replayed
     "tensorboard",
+}
+
+
+# One line of help per field: the ``encoderkit train`` flag's help, which adds "; default: X"
+# unless the line says its default itself (those chosen per job, see job_defaults).
+FIELD_HELP = {
+    "task": "what to train: digits (images), listops, text (your labelled texts), tokens (word "
+    "tags), pairs (sentence embeddings) or mlm (masked-language pretraining)",
+    "out": "the run directory; default: runs/<task>-<YYYYmmdd-HHMMSS>",
+    "data": "text: .csv/.jsonl with --text-column and --label-column; tokens: a CoNLL file; "
+    "pairs: .csv/.jsonl with anchor,positive[,negative]; mlm: a text file or folder",
+    "text_column": "text task: the column of --data that holds the texts",
+    "label_column": "text task: the column of --data that holds the labels (numbers with "
+    "--regression)",
+    "init": "scratch, all-MiniLM-L6-v2, a pretrained model directory or a run directory",
+    "tokenizer": "text tasks: a tokenizer.json or a folder holding one; default: the --init "
+    "model's, else all-MiniLM-L6-v2's",
+    "seed": "seeds the data split, the initial weights, dropout and the batch order",
+    "d_model": "model width, from scratch (pretrained --init weights bring their own sizes)",
+    "n_heads": "attention heads per layer, from scratch",
+    "d_ff": "feed-forward hidden width, from scratch",
+    "n_layers": "encoder blocks, from scratch",
+    "dropout": "dropout probability in the encoder",
+    "attention_dropout": "dropout probability on the attention weights",
+    "norm_first": "pre-norm blocks, as ViT; --no-norm-first: post-norm, as BERT",
+    "pooling": "one vector per sequence: cls (the first token) or mean (over real tokens)",
+    "listops_train_size": "listops: training examples to generate",
+    "listops_test_size": "listops: test examples to generate",
+    "listops_max_length": "listops: the longest expression, in tokens",
+    "text_max_length": "text tasks: tokens per text; longer texts are cut",
+    "regression": "text task: a float label, MSE loss, Spearman's correlation",
+    "mask_rate": "mlm: the share of tokens to predict (80% [MASK], 10% random, 10% kept)",
+    "whole_word_mask": "mlm: mask every piece of a chosen word together",
+    "pack": "mlm: pack short lines into full rows (no attention across lines)",
+    "similarity_scale": "pairs: cosine similarities times this are the logits",
+    "epochs": "passes over the training data (--max-steps overrides it)",
+    "max_steps": "optimizer steps to take, overriding --epochs; none: as --epochs says",
+    "batch_size": "examples per optimizer step, over all processes and --grad-accum steps",
+    "grad_accum": "micro-batches accumulated into each optimizer step",
+    "lr": f"peak learning rate; default: {SCRATCH_LR:g} from scratch, {FINE_TUNING_LR:g} with "
+    "--init all-MiniLM-L6-v2",
+    "weight_decay": "AdamW's decoupled weight decay",
+    "warmup_fraction": "share of the steps that warm the learning rate up, before cosine decay",
+    "label_smoothing": "cross-entropy label smoothing; default: 0.1, 0.0 for --task tokens",
+    "clip_grad_norm": "clip the gradients' global norm to this; none: no clipping",
+    "bf16": "bfloat16 autocast on CUDA (the CPU always trains in fp32)",
+    "compile": "torch.compile the model's forward: the first steps are slower while it compiles; "
+    "on the CPU it needs a C++ compiler",
+    "gradient_checkpointing": "recompute each block's activations in backward: less memory, "
+    "more time",
+    "fsdp": "under torchrun: shard parameters and optimizer state (FSDP2) over the processes",
+    "tensorboard": "also log to RUN/tensorboard",
+    "on_nonfinite": "on a NaN or infinite loss: abort the run, or skip the step",
+    "eval_every": "steps between evaluations on the validation split",
+    "patience": "evaluations without improvement before stopping early; none: never stop early",
+    "checkpoint_every": "steps between checkpoints",
+    "keep_last": "the newest checkpoints to keep, besides the best one",
+    "stop_at_step": "stop at this step with a checkpoint, the schedule unchanged (--resume "
+    "continues)",
+    "device": "auto (CUDA when there is one), cpu or cuda",
+    "progress": "show a progress bar",
 }

@@ -8,14 +8,9 @@ from encoderkit.views.head_report import (
     pattern_report,
     plot_head_map,
 )
+from encoderkit.views.image_plots import attention_rollout, plot_image_attention
 from encoderkit.views.maps import image_attention, load_text_model, text_attention
-from encoderkit.views.plots import (
-    attention_rollout,
-    plot_heads,
-    plot_image_attention,
-    plot_overview,
-    plot_run,
-)
+from encoderkit.views.plots import plot_heads, plot_overview, plot_run
 from encoderkit.views.viewer import attention_html, write_attention_html
 
 __all__ = [

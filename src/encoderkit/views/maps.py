@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -53,7 +53,9 @@ def _run_text_model(run: Path) -> TextModel:
 
     cfg, task = load_run_model(run)
     if cfg.task == "digits":
-        raise ValueError(f"{run} is an image model; use --image FILE with it")
+        raise ValueError(
+            f"{run} is an image model; use --image FILE or --example N instead of a text"
+        )
     encoder = task.model.encoder
     if not isinstance(encoder, nn.Module):
         raise ValueError(f"{run} holds no text encoder")
@@ -89,29 +91,54 @@ def text_attention(model: TextModel, text: str) -> TextAttention:
     return TextAttention(tokens, [m[0] for m in maps], truncated)
 
 
+@dataclass
+class ImageAttention:
+    """One image, its attention maps and what the model made of it."""
+
+    pixels: torch.Tensor  # (1, 8, 8) in [0, 1]
+    maps: list[torch.Tensor]  # one (H, 1 + N, 1 + N) map per layer, the class token first
+    patch_size: int
+    pooling: Literal["cls", "mean"]  # what the classifier reads
+    classes: list[str]
+    predicted: int  # index into classes
+    probability: float  # of the predicted class
+    label: int | None = None  # the true class, when known (a test example)
+
+
 @torch.inference_mode()
 def image_attention(
     run: Path, image: Path | None = None, example: int | None = None
-) -> tuple[torch.Tensor, list[torch.Tensor], int]:
-    """(image (1, 8, 8), one (H, 1 + N, 1 + N) map per layer, patch size) of a digits run, on an
-    image file or on the run's test example number ``example``."""
+) -> ImageAttention:
+    """The maps and the prediction of a digits run on an image file or on the run's test
+    example number ``example`` (which also gives the true label); one of the two, not both."""
+    from encoderkit.models.heads import ImageClassifier
     from encoderkit.training.data.digits import read_digit_image
     from encoderkit.training.rebuild import load_run_model
 
+    if (image is None) == (example is None):
+        raise ValueError("give --image FILE or --example N (one of them), got both or neither")
     cfg, task = load_run_model(Path(run), test_split=image is None)  # test images: --example
     if cfg.task != "digits":
-        raise ValueError(f"{run} is a {cfg.task} model; images need a digits run")
+        raise ValueError(f"{run} is a {cfg.task} model; --image and --example need a digits run")
+    label = None
     if image is not None:
         pixels = read_digit_image(image)
     else:
         n = len(task.test[0])
         if example is None or not 0 <= example < n:
             raise ValueError(f"--example must lie in [0, {n - 1}], got {example}")
-        pixels = task.test[0][example]
+        pixels, label = task.test[0][example], int(task.test[1][example])
     model = task.model.eval()
+    if not isinstance(model, ImageClassifier):
+        raise ValueError(f"{run} holds a {type(model).__name__}, not an image classifier")
     with record_attention(model) as maps:
-        model(pixels[None])  # (1, 1, 8, 8)
-    return pixels, [m[0] for m in maps], 2
+        logits = model(pixels[None])  # (1, 1, 8, 8) -> (1, classes)
+    probabilities = logits[0].float().softmax(dim=-1)
+    predicted = int(probabilities.argmax())
+    return ImageAttention(
+        pixels, [m[0] for m in maps], model.encoder.config.patch_size, model.pooling,
+        list(task.classes), predicted, float(probabilities[predicted]), label,
+    )  # fmt: skip
 
 
 def pick_layer(layer: str, n_layers: int) -> int | None:

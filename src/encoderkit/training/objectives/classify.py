@@ -3,9 +3,9 @@
 * ``digits``: scikit-learn's 8 x 8 handwritten digits and a small pre-norm ``VisionEncoder``
   with 2 x 2 patches (16 patches and a class token).
 * ``listops``: ListOps from the Long Range Arena, generated locally, and a ``TextEncoder``.
-* ``text``: the user's CSV / JSONL of texts and labels: classes, scored by accuracy; or, with
-  ``regression``, a float per text (a one-output head, mean squared error, scored by Spearman's
-  rank correlation as STS-B is).
+* ``text``: the user's CSV / JSONL of texts and labels (the columns ``text_column`` and
+  ``label_column``): classes, scored by accuracy; or, with ``regression``, a float per text (a
+  one-output head, mean squared error, scored by Spearman's rank correlation as STS-B is).
 
 Tensors: (images, labels) or (ids, mask, labels). Shape legend: B batch, T tokens, C classes.
 """
@@ -75,10 +75,11 @@ class Classify(Objective):
         (``self.classes``); a label training never saw is an error naming it."""
         from encoderkit.training.data.text import read_labelled_texts, read_values
 
+        columns = self.cfg.text_column, self.cfg.label_column
         if self.cfg.regression:
-            texts, values = read_values(Path(path))
+            texts, values = read_values(Path(path), *columns)
             return (*self.encode(texts), torch.tensor(values, dtype=torch.float32))
-        data = read_labelled_texts(Path(path), min_classes=1)
+        data = read_labelled_texts(Path(path), *columns, min_classes=1)
         unknown = sorted(set(data.classes) - set(self.classes))
         if unknown:
             raise ValueError(
@@ -91,18 +92,20 @@ class Classify(Objective):
     def _text_splits(self, data: str | None) -> Splits:
         from encoderkit.training.data.text import read_labelled_texts, read_values, split3
 
+        columns = self.cfg.text_column, self.cfg.label_column
         if not data:
             raise ValueError(
-                "the text task needs --data FILE (a .csv or .jsonl with text and label)"
+                f"the text task needs --data FILE (a .csv or .jsonl with columns {columns[0]!r} "
+                f"and {columns[1]!r})"
             )
         if self.cfg.regression:
-            texts, values = read_values(Path(data))
+            texts, values = read_values(Path(data), *columns)
             train, valid, test = (
                 (*self.encode(part), torch.tensor(values, dtype=torch.float32))
                 for part, values in _split_values(texts, values, self.cfg.seed)
             )
             return Splits(train, valid, test)
-        labelled = read_labelled_texts(Path(data))
+        labelled = read_labelled_texts(Path(data), *columns)
         parts3 = split3(labelled, valid_fraction=VALID_FRACTION, seed=self.cfg.seed)
         train, valid, test = ((*self.encode(p.texts), torch.tensor(p.labels)) for p in parts3)
         return Splits(train, valid, test, labelled.classes)
