@@ -216,6 +216,17 @@ def test_heads_prints_the_table_and_draws_the_map(tmp_path, capsys):
     assert lines[0].split()[:2] == ["L", "H"] and len(lines) == 1 + 72 + 1
     with Image.open(tmp_path / "heads.png") as image:
         assert image.size[0] > 400 and image.size[1] > 300
+    table = lines[1:-1]
+    assert main(["heads", "--out", str(tmp_path / "again.png"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["figure"] == str(tmp_path / "again.png") and report["sentences"] == 30
+    assert len(report["heads"]) == 72 and sum(report["counts"].values()) == 72
+    for row, head in zip(table, report["heads"], strict=True):  # the table, rounded
+        cells = row.split()
+        assert [int(cells[0]), int(cells[1])] == [head["layer"], head["head"]]
+        assert float(cells[2]) == pytest.approx(head["previous"], abs=5e-4)
+        assert float(cells[8]) == pytest.approx(head["entropy"], abs=5e-4)
+        assert cells[9] == head["dominant"]
 
 
 def test_attention_on_a_digits_run(tmp_path, capsys):

@@ -10,6 +10,7 @@ model is loaded, rather than silently ignored.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -83,6 +84,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     heads.add_argument(
         "--out", type=Path, default=Path("heads.png"), help="the PNG to write; default: heads.png"
+    )
+    heads.add_argument(
+        "--json", action="store_true", help="print the report as JSON instead of a table"
     )
     heads.set_defaults(run=run_heads)
 
@@ -202,13 +206,23 @@ def run_heads(args: argparse.Namespace) -> int:
     from encoderkit.models.pretrained import PretrainedError
     from encoderkit.training.checkpoint import CheckpointError
     from encoderkit.views import maps as views
-    from encoderkit.views.head_report import SENTENCES, format_table, pattern_report, plot_head_map
+    from encoderkit.views.head_report import (
+        SENTENCES,
+        format_table,
+        pattern_report,
+        plot_head_map,
+        report_records,
+    )
 
     try:
         model = views.load_text_model(args.model, args.checkpoint)
         report = pattern_report([views.text_attention(model, sentence) for sentence in SENTENCES])
     except (ValueError, FileNotFoundError, CheckpointError, PretrainedError, ImportError) as e:
         raise SystemExit(f"encoderkit heads: {e}") from e
-    print(format_table(report))
-    print(f"wrote {plot_head_map(report, args.out)}")
+    out = plot_head_map(report, args.out)
+    if args.json:
+        print(json.dumps({**report_records(report), "figure": str(out)}))
+    else:
+        print(format_table(report))
+        print(f"wrote {out}")
     return 0

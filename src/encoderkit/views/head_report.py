@@ -17,7 +17,7 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -304,6 +304,31 @@ def format_table(report: HeadReport) -> str:
             name = report.dominant[layer][head]
             lines.append(f"{layer:>2} {head:>3} {masses} {values[-1]:8.3f}  {name}")
     return "\n".join(lines)
+
+
+def report_records(report: HeadReport) -> dict[str, Any]:
+    """The report as JSON-ready data: one record per (layer, head) with its pattern masses,
+    entropy and dominant name, and how many heads each name describes."""
+    L, H, _ = report.stats.shape
+    heads = []
+    for layer in range(L):
+        for head in range(H):
+            values = report.stats[layer, head].tolist()
+            heads.append(
+                {
+                    "layer": layer,
+                    "head": head,
+                    **dict(zip(report.patterns, values[:-1], strict=True)),
+                    "entropy": values[-1],
+                    "dominant": report.dominant[layer][head],
+                }
+            )
+    return {
+        "sentences": report.n_sentences,
+        "threshold": report.threshold,
+        "counts": report.counts(),
+        "heads": heads,
+    }
 
 
 _COLOURS = {
