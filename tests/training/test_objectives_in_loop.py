@@ -127,3 +127,35 @@ def test_pairs_from_minilm_writes_a_sentence_encoder_that_embed_reads(tmp_path, 
     printed = json.loads(capsys.readouterr().out)
     vectors = torch.tensor(printed["embeddings"])
     torch.testing.assert_close(vectors, want, atol=1e-5, rtol=0)
+
+
+def test_eval_data_scores_a_new_file_for_mlm_and_pairs(tmp_path, corpus):
+    from encoderkit.training.data.pairs import generate_pairs, write_pairs
+
+    mlm = encoderkit.fit("mlm", corpus, out=tmp_path / "mlm", max_steps=2, **MLM)
+    figures = mlm.evaluate(corpus)  # every line of the file, masked as validation is
+    assert figures["examples"] > 0 and 0 <= figures["masked_accuracy"] <= 1
+    assert figures["masked_tokens"] > 1_500  # about EVAL_TOKENS (2,000), in rounds of 15%
+    pairs_file = tmp_path / "pairs.csv"
+    write_pairs(pairs_file, generate_pairs(40, seed=9))
+    pairs = encoderkit.fit("pairs", pairs_file, out=tmp_path / "pairs", max_steps=1, **TINY,
+                           text_max_length=24, batch_size=8)  # fmt: skip
+    scored = pairs.evaluate(pairs_file)
+    assert scored["examples"] == 40 and 0 <= scored["retrieval_accuracy"] <= 1
+
+
+def test_a_pre_norm_pairs_run_no_family_can_write_still_embeds(tmp_path, capsys):
+    """A pre-norm encoder has no Hugging Face family: the run writes no sentence-transformers
+    folder (and says so), and embed --model RUN embeds with the run itself."""
+    from encoderkit.training.data.pairs import generate_pairs
+
+    pairs = generate_pairs(40, seed=9)
+    rows = list(zip(pairs.anchors, pairs.positives, strict=True))
+    run = encoderkit.fit("pairs", rows, out=tmp_path / "run", max_steps=2, norm_first=True,
+                         text_max_length=24, batch_size=8, **TINY)  # fmt: skip
+    assert not (run.path / "sentence-encoder").exists()
+    texts = ["a storm on a giant planet", "fresh pasta"]
+    assert main(["embed", *texts, "--model", str(run.path), "--json"]) == 0
+    printed = torch.tensor(json.loads(capsys.readouterr().out)["embeddings"])
+    want = run.sentence_encoder().encode(texts, convert_to_tensor=True)
+    torch.testing.assert_close(printed, want, atol=1e-6, rtol=0)

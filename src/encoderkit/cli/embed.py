@@ -72,7 +72,6 @@ MAX_SIMILARITY_BYTES = 1 << 30
 
 def embed_command(args: argparse.Namespace) -> int:
     from encoderkit.models.pretrained import PretrainedError
-    from encoderkit.models.sentence import SentenceEncoder
 
     if args.batch_size < 1:
         raise SystemExit("encoderkit embed: --batch-size must be at least 1")
@@ -90,17 +89,9 @@ def embed_command(args: argparse.Namespace) -> int:
             f"{MAX_SIMILARITY_BYTES / 2**30:.0f} GiB: give fewer texts, or drop --similarity "
             f"and compare the --json embeddings in chunks"
         )
-    model = args.model
-    if (Path(model) / "encoderkit-run.json").is_file():  # a pairs run: the encoder it wrote
-        model = Path(model) / "sentence-encoder"
-        if not model.is_dir():
-            raise SystemExit(
-                f"encoderkit embed: {args.model} is a run without a sentence encoder (only a "
-                f"finished `train --task pairs` run writes {model.name}/)"
-            )
     try:
-        encoder = SentenceEncoder.from_pretrained(model, compile=args.compile)
-    except (PretrainedError, ImportError) as e:
+        encoder = _load_encoder(args.model, args.compile)
+    except (PretrainedError, ImportError, ValueError, OSError) as e:
         raise SystemExit(f"encoderkit embed: {e}") from e
 
     def chunks() -> Iterator[tuple[list[str], torch.Tensor]]:
@@ -143,6 +134,27 @@ def embed_command(args: argparse.Namespace) -> int:
                 head = ", ".join(f"{v:+.4f}" for v in vector[:4])
                 print(f"{_label(text, 40):<40}  [{head}, ..., {vector[-1]:+.4f}]")
     return 0
+
+
+def _load_encoder(model: str, compile: bool) -> Any:
+    """A sentence-transformers folder, MiniLM, or a training run: the folder a pairs run wrote
+    (``RUN/sentence-encoder``), else the run's text encoder, mean (or the run's) pooled."""
+    from encoderkit.models.sentence import SentenceEncoder
+
+    run = Path(model)
+    if not (run / "encoderkit-run.json").is_file():
+        return SentenceEncoder.from_pretrained(model, compile=compile)
+    if (run / "sentence-encoder").is_dir():
+        return SentenceEncoder.from_pretrained(run / "sentence-encoder", compile=compile)
+    from encoderkit.training.api import load_run
+
+    sentence = load_run(run).sentence_encoder()
+    if compile:
+        sentence = SentenceEncoder(
+            sentence.model, sentence.tokenizer, sentence.max_seq_length,
+            normalize=sentence.normalize, compile=True, pooling=sentence.pooling,
+        )  # fmt: skip
+    return sentence
 
 
 def _search(

@@ -83,6 +83,10 @@ class MaskedLanguageModel(Objective):
             )  # fmt: skip
         return Splits(train, valid, test, classes=[])
 
+    def load_file(self, path: str) -> Tensors:
+        """Every line of a text file (or folder) as one split, for ``eval --data``."""
+        return self._rows(corpus.read_documents(path))
+
     def _rows(self, lines: Sequence[str]) -> Tensors:
         encoded = corpus.encode_lines(self.tokenizer, lines, self.cfg.text_max_length)
         if self.cfg.pack:

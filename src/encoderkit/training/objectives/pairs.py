@@ -84,7 +84,6 @@ class EmbedPairs(Objective):
     metric = "retrieval_accuracy"
 
     def load(self) -> Splits:
-        from encoderkit.models.sentence import pad_token_ids
         from encoderkit.training.data.pairs import read_pairs, split
 
         if not self.cfg.data:
@@ -93,18 +92,29 @@ class EmbedPairs(Objective):
                 "optionally negative columns)"
             )
         parts = split(read_pairs(Path(self.cfg.data)), seed=self.cfg.seed)
-        splits: list[Tensors] = []
-        for part in parts:
-            columns = [part.anchors, part.positives] + (
-                [part.negatives] if part.negatives is not None else []
-            )
-            tensors: list[torch.Tensor] = []
-            for texts in columns:
-                encoded = self.tokenizer.encode_batch([t.strip() for t in texts])
-                tensors.extend(pad_token_ids([e.ids for e in encoded]))  # (N, T) ids, mask
-            splits.append(tuple(tensors))
-        train, valid, test = splits
+        train, valid, test = (self.encode(part) for part in parts)
         return Splits(train, valid, test, classes=[])
+
+    def load_file(self, path: str) -> Tensors:
+        """Every row of a pairs file as one split, for ``eval --data``: retrieval among all of
+        its positives."""
+        from encoderkit.training.data.pairs import read_pairs
+
+        return self.encode(read_pairs(Path(path)))
+
+    def encode(self, pairs: Any) -> Tensors:
+        """(anchor ids, mask, positive ids, mask[, negative ids, mask]), each (N, T) padded to the
+        longest text of its column."""
+        from encoderkit.models.sentence import pad_token_ids
+
+        columns = [pairs.anchors, pairs.positives] + (
+            [pairs.negatives] if pairs.negatives is not None else []
+        )
+        tensors: list[torch.Tensor] = []
+        for texts in columns:
+            encoded = self.tokenizer.encode_batch([t.strip() for t in texts])
+            tensors.extend(pad_token_ids([e.ids for e in encoded]))  # (N, T) ids, mask
+        return tuple(tensors)
 
     def build_model(self, config: TextConfig | VisionConfig, classes: Sequence[str]) -> nn.Module:
         if not isinstance(config, TextConfig):
@@ -190,10 +200,21 @@ class EmbedPairs(Objective):
         """A sentence-transformers directory at ``run/sentence-encoder``: the encoder as a
         Hugging Face model (config.json, model.safetensors), the run's tokenizer, and the
         Transformer -> Pooling -> Normalize modules, reading at most ``text_max_length`` tokens."""
-        path = export_sentence_encoder(
-            model, Path(run) / EXPORT_DIR, tokenizer_file(self.cfg, self.run),
-            self.cfg.text_max_length,
-        )  # fmt: skip
+        from encoderkit.models.pretrained import PretrainedError
+
+        try:
+            path = export_sentence_encoder(
+                model, Path(run) / EXPORT_DIR, tokenizer_file(self.cfg, self.run),
+                self.cfg.text_max_length,
+            )  # fmt: skip
+        except (ValueError, PretrainedError) as e:  # no Hugging Face family expresses it
+            log.warning(
+                "no sentence-transformers folder for this model (%s); the run itself embeds: "
+                "encoderkit embed --model %s, or encoderkit.load_run(...).sentence_encoder()",
+                str(e).splitlines()[0],
+                run,
+            )
+            return
         log.info("wrote the sentence encoder to %s", path)
 
 
