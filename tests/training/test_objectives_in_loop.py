@@ -159,3 +159,26 @@ def test_a_pre_norm_pairs_run_no_family_can_write_still_embeds(tmp_path, capsys)
     printed = torch.tensor(json.loads(capsys.readouterr().out)["embeddings"])
     want = run.sentence_encoder().encode(texts, convert_to_tensor=True)
     torch.testing.assert_close(printed, want, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("task", ["mlm", "pairs"])
+def test_the_command_line_trains_and_predicts_each_objective_from_a_file(
+    tmp_path, capsys, corpus, task
+):
+    from encoderkit.training.data.pairs import generate_pairs, write_pairs
+
+    data, text = corpus, "the [MASK] drinks a cup of tea ."
+    if task == "pairs":
+        data, text = write_pairs(tmp_path / "pairs.csv", generate_pairs(40, seed=4)), "a storm"
+    run = tmp_path / "run"
+    assert main(["train", "--task", task, "--data", str(data), "--out", str(run),
+                 "--max-steps", "2", "--d-model", "32", "--n-layers", "1", "--n-heads", "2",
+                 "--d-ff", "64", "--text-max-length", "32", "--batch-size", "8",
+                 "--no-norm-first", "--no-progress", "--json"]) == 0  # fmt: skip
+    results = json.loads(capsys.readouterr().out)
+    assert results["steps"] == 2 and results["test"] is not None
+    assert main(["predict", str(run), text, "--json", "-"]) == 0
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert ("masks" if task == "mlm" else "embedding") in record
+    if task == "pairs":  # post-norm BERT-like: the sentence-transformers folder is written
+        assert (run / "sentence-encoder" / "modules.json").is_file()
