@@ -30,15 +30,17 @@ import shutil
 import struct
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from encoderkit.utils.checks import check_choice
 from encoderkit.utils.files import describe_os_error, fsync_path
 
 PREFIX, TMP_PREFIX = "step-", ".tmp-"
+RUN_MARKER = "encoderkit-run.json"  # written first (runs.py): what makes a directory a run of ours
 FILES = ("model.safetensors", "state.pt", "meta.json")
 MANIFEST = "manifest.json"
 _NAME = re.compile(rf"{PREFIX}(\d{{8,}})")
@@ -308,3 +310,38 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def pick_checkpoint(run: Path, which: Literal["best", "latest"]) -> Path:
+    """The newest intact checkpoint, or the best one it records; a best checkpoint that is gone
+    is an error, never silently the latest."""
+    check_choice("which", which, ("best", "latest"))
+    latest = latest_checkpoint(run)
+    if which == "latest":
+        return latest
+    progress = saved_progress(read_meta(latest).get("progress", {}))
+    if progress.get("best_score") is None:
+        log.warning("%s was never evaluated: using its latest checkpoint, %s", run, latest.name)
+        return latest
+    best = progress["best_step"]
+    if best == step_of(latest):
+        return latest
+    path = checkpoint_dir(run) / f"step-{best:08d}"
+    if not path.is_dir():
+        raise CheckpointError(
+            f"the best checkpoint of {run}, step {best}, is missing from {checkpoint_dir(run)}; "
+            f"use --checkpoint latest for {latest.name}"
+        )
+    return path
+
+
+def saved_progress(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's progress record in today's fields: runs saved before objectives called the
+    metric ``accuracy``; and before None meant "not measured", a negative value did."""
+    saved = dict(saved)
+    for old, new in (("accuracy", "score"), ("best_accuracy", "best_score")):
+        if old in saved:
+            saved[new] = saved.pop(old)
+        if saved.get(new) is not None and saved[new] < 0:
+            saved[new] = None
+    return saved

@@ -36,10 +36,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from encoderkit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from encoderkit.training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    pick_checkpoint,
+    save_checkpoint,
+    saved_progress,
+)
 from encoderkit.training.config import TrainConfig
 from encoderkit.training.distributed import Ranks, epoch_order, setup_distributed
-from encoderkit.training.rebuild import pick_checkpoint, saved_progress
 from encoderkit.training.runs import (
     RUN_MARKER,
     MetricsLog,

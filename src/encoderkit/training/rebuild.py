@@ -5,25 +5,21 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
 
 from encoderkit.training.checkpoint import (
     CheckpointError,
-    checkpoint_dir,
-    latest_checkpoint,
     load_checkpoint,
-    read_meta,
+    pick_checkpoint,
     read_weights_header,
-    step_of,
 )
 from encoderkit.training.config import TrainConfig
 from encoderkit.training.objectives import objective_for
 from encoderkit.training.runs import read_model_config, read_run_file, read_test_split
 from encoderkit.training.tasks import Task, load_test_split, model_config
-from encoderkit.utils.checks import check_choice
 
 log = logging.getLogger(__name__)
 
@@ -65,29 +61,6 @@ def load_run_model(
     return cfg, Task(cfg.task, objective, (), test, model, classes)
 
 
-def pick_checkpoint(run: Path, which: Literal["best", "latest"]) -> Path:
-    """The newest intact checkpoint, or the best one it records; a best checkpoint that is gone
-    is an error, never silently the latest."""
-    check_choice("which", which, ("best", "latest"))
-    latest = latest_checkpoint(run)
-    if which == "latest":
-        return latest
-    progress = saved_progress(read_meta(latest).get("progress", {}))
-    if progress.get("best_score") is None:
-        log.warning("%s was never evaluated: using its latest checkpoint, %s", run, latest.name)
-        return latest
-    best = progress["best_step"]
-    if best == step_of(latest):
-        return latest
-    path = checkpoint_dir(run) / f"step-{best:08d}"
-    if not path.is_dir():
-        raise CheckpointError(
-            f"the best checkpoint of {run}, step {best}, is missing from {checkpoint_dir(run)}; "
-            f"use --checkpoint latest for {latest.name}"
-        )
-    return path
-
-
 def _check_layer_count(n_layers: int, shapes: dict[str, tuple[int, ...]], path: Path) -> None:
     """Before a model is built, even on the meta device (a million layers take minutes)."""
     held = {key.split(".")[3] for key in shapes if key.startswith("encoder.encoder.blocks.")}
@@ -114,15 +87,3 @@ def _check_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]], path: Pa
                 f"config.json does not match {where}: {key} should be {shape} by the config, "
                 f"found {shapes[key]}"
             )
-
-
-def saved_progress(saved: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's progress record in today's fields: runs saved before objectives called the
-    metric ``accuracy``; and before None meant "not measured", a negative value did."""
-    saved = dict(saved)
-    for old, new in (("accuracy", "score"), ("best_accuracy", "best_score")):
-        if old in saved:
-            saved[new] = saved.pop(old)
-        if saved.get(new) is not None and saved[new] < 0:
-            saved[new] = None
-    return saved

@@ -16,17 +16,24 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from encoderkit.training.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints
+from encoderkit.training.checkpoint import (
+    RUN_MARKER,
+    CheckpointError,
+    latest_checkpoint,
+    list_checkpoints,
+)
 from encoderkit.training.config import RESUMABLE_CHANGES, TrainConfig
 from encoderkit.training.distributed import Ranks
-from encoderkit.training.tasks import Task
 from encoderkit.utils.files import atomic_write, atomic_write_text, describe_os_error
+
+if TYPE_CHECKING:
+    from encoderkit.training.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +43,6 @@ class RunError(ValueError):
     unreadable metrics, or a write that failed (disk full, no permission)."""
 
 
-RUN_MARKER = "encoderkit-run.json"  # written first: what makes a directory a run of ours
 RUN_FORMAT = 1
 TEST_SPLIT = "test-split.safetensors"  # the test split, tokenized: eval reads no other data
 STALE = (

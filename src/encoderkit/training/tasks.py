@@ -105,7 +105,7 @@ def model_config(cfg: TrainConfig, run: Path | None = None) -> TextConfig | Visi
 
 def pretrained_config(init: str) -> TextConfig:
     """The config of the ``init`` model, read from its files alone."""
-    from encoderkit.training.runs import RUN_MARKER
+    from encoderkit.training.checkpoint import RUN_MARKER
 
     path = _init_path(init)
     if (path / RUN_MARKER).is_file():
@@ -143,12 +143,11 @@ def fine_tuning_config(cfg: TrainConfig, config: TextConfig) -> TextConfig:
 
 def _copy_pretrained(cfg: TrainConfig, model: nn.Module) -> None:
     """The ``init`` model's encoder weights into ``model.encoder``."""
-    from encoderkit.training.runs import RUN_MARKER
+    from encoderkit.training.checkpoint import RUN_MARKER
 
     path = _init_path(cfg.init)
     if (path / RUN_MARKER).is_file():
-        from encoderkit.training.checkpoint import load_checkpoint
-        from encoderkit.training.rebuild import pick_checkpoint
+        from encoderkit.training.checkpoint import load_checkpoint, pick_checkpoint
 
         weights, _, _ = load_checkpoint(pick_checkpoint(path, "best"))
         prefix = "encoder."
