@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from encoderkit.training.data.splits import shuffled_split
-from encoderkit.training.data.text import table_file
+from encoderkit.training.data.text import jsonl_records, table_file
 from encoderkit.utils.files import atomic_write_text
 
 COLUMNS = ("anchor", "positive")  # required; "negative" is optional, for every row or none
@@ -112,25 +111,14 @@ def _read_csv(path: Path) -> list[tuple[int, tuple[str, ...]]]:
 
 def _read_jsonl(path: Path) -> list[tuple[int, tuple[str, ...]]]:
     rows: list[tuple[int, tuple[str, ...]]] = []
-    with open(path, encoding="utf-8-sig") as f:
-        for line, content in enumerate(f, start=1):
-            if not content.strip():
-                continue
-            try:
-                record = json.loads(content)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {line}: not valid JSON ({e})") from e
-            if not isinstance(record, dict):
-                raise ValueError(
-                    f"{path}, line {line}: expected a JSON object, got {type(record).__name__}"
-                )
-            missing = [c for c in COLUMNS if c not in record]
-            if missing:
-                raise ValueError(
-                    f"{path}, line {line}: missing column(s) {missing} (expected anchor, "
-                    f"positive and optionally negative); found columns {list(record)}"
-                )
-            rows.append((line, _row(record, NEGATIVE in record, path, line)))
+    for line, record in jsonl_records(path):
+        missing = [c for c in COLUMNS if c not in record]
+        if missing:
+            raise ValueError(
+                f"{path}, line {line}: missing column(s) {missing} (expected anchor, "
+                f"positive and optionally negative); found columns {list(record)}"
+            )
+        rows.append((line, _row(record, NEGATIVE in record, path, line)))
     return rows
 
 

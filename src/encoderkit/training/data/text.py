@@ -13,9 +13,9 @@ import csv
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -130,8 +130,10 @@ def _read_csv(path: Path, text_column: str, label_column: str) -> list[tuple[str
     return rows
 
 
-def _read_jsonl(path: Path, text_column: str, label_column: str) -> list[tuple[str, str]]:
-    rows: list[tuple[str, str]] = []
+def jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line of a JSON Lines file (UTF-8, a leading
+    byte-order mark dropped); a line that is not valid JSON, or not an object, is an error
+    naming the file and the line."""
     with open(path, encoding="utf-8-sig") as f:
         for line, content in enumerate(f, start=1):
             if not content.strip():
@@ -144,13 +146,18 @@ def _read_jsonl(path: Path, text_column: str, label_column: str) -> list[tuple[s
                 raise ValueError(
                     f"{path}, line {line}: expected a JSON object, got {type(record).__name__}"
                 )
-            missing = [c for c in (text_column, label_column) if c not in record]
-            if missing:
-                raise ValueError(
-                    f"{path}, line {line}: missing column(s) {missing}; found columns "
-                    f"{list(record)}"
-                )
-            rows.append(_row(record, text_column, label_column, path, line))
+            yield line, record
+
+
+def _read_jsonl(path: Path, text_column: str, label_column: str) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    for line, record in jsonl_records(path):
+        missing = [c for c in (text_column, label_column) if c not in record]
+        if missing:
+            raise ValueError(
+                f"{path}, line {line}: missing column(s) {missing}; found columns {list(record)}"
+            )
+        rows.append(_row(record, text_column, label_column, path, line))
     return rows
 
 
@@ -283,26 +290,23 @@ def _subset(data: LabelledTexts, index: np.ndarray) -> LabelledTexts:
 
 def read_texts(path: str | os.PathLike[str], text_column: str = "text") -> list[str]:
     """The ``text_column`` of a .csv or .jsonl file (other columns ignored), for prediction."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no file at {path}")
+    path = table_file(path, "text")
+    records: Iterable[tuple[int, dict[str, Any]]]
     texts: list[str] = []
     with open(path, encoding="utf-8-sig", newline="") as f:
         if path.suffix.lower() == ".csv":
-            records: Iterable[tuple[int, object]] = (
-                (i, row) for i, row in enumerate(csv.DictReader(f), start=2)
-            )
+            records = ((i, row) for i, row in enumerate(csv.DictReader(f), start=2))
         else:
-            records = ((i, json.loads(line)) for i, line in enumerate(f, start=1) if line.strip())
+            records = jsonl_records(path)
         try:
             for line, record in records:
-                text = record.get(text_column) if isinstance(record, dict) else None
+                text = record.get(text_column)
                 if not isinstance(text, str):
                     raise ValueError(
                         f"{path}, line {line}: expected a string in {text_column!r}, got "
                         f"{type(text).__name__}"
                     )
                 texts.append(text)
-        except (json.JSONDecodeError, csv.Error, UnicodeDecodeError) as e:
+        except (csv.Error, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: not a readable {path.suffix} file ({e})") from e
     return texts
