@@ -223,8 +223,7 @@ def export_sentence_encoder(
 ) -> Path:
     """Write ``model`` (a :class:`SentenceEmbedder`) as sentence-transformers lays out a model:
     every file atomically, the weights first, modules.json last."""
-    from tokenizers import Tokenizer
-
+    from encoderkit.models import hub_files
     from encoderkit.models.pretrained import save_pretrained
     from encoderkit.utils.files import atomic_write_text
 
@@ -238,15 +237,12 @@ def export_sentence_encoder(
             f"got {max_seq_length}"
         )
     save_pretrained(model.encoder, directory)
-    text = tokenizer_json.read_text(encoding="utf-8")
-    atomic_write_text(directory / "tokenizer.json", text)
-    pad = Tokenizer.from_str(text).id_to_token(config.pad_token_id)
-    # a generic fast tokenizer over tokenizer.json, whatever the family: Hugging Face's
-    # AutoTokenizer then needs no vocab.txt, and pads with the model's own padding token
-    tokenizer_config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": max_seq_length,
-    } | ({"pad_token": pad} if pad is not None else {})
+    # the files save_pretrained(tokenizer=) writes, AutoTokenizer's generic fast tokenizer, with
+    # sentence-transformers' convention that the tokenizer's length is the encoder's
+    files = hub_files.tokenizer_json(tokenizer_json, model.encoder)
+    tokenizer_config = json.loads(files["tokenizer_config.json"])
+    tokenizer_config["model_max_length"] = max_seq_length
+    atomic_write_text(directory / "tokenizer.json", files["tokenizer.json"])
     atomic_write_text(directory / "tokenizer_config.json", _json(tokenizer_config))
     atomic_write_text(
         directory / "sentence_bert_config.json",
