@@ -44,7 +44,7 @@ def load_run_model(
     shapes = read_weights_header(path / "model.safetensors")
     # a pretrained model's sizes as saved when it was built: --init need not be there any more
     pretrained = cfg.init != "scratch" and read_model_config(run)
-    config = pretrained or model_config(cfg, run)
+    config = pretrained or model_config(cfg, objective)
     _check_layer_count(config.n_layers, shapes, path)
     with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
         try:

@@ -45,7 +45,7 @@ def build_task(cfg: TrainConfig) -> Task:
     objective = objective_for(cfg)
     splits = objective.load()
     objective.classes = list(splits.classes)
-    config = model_config(cfg)
+    config = model_config(cfg, objective)  # its tokenizer, already read for the data
     model = objective.build_model(config, splits.classes)
     if cfg.init != "scratch":
         _copy_pretrained(cfg, model)
@@ -71,10 +71,10 @@ def check_task(cfg: TrainConfig) -> None:
         _init_path(cfg.init)  # there, before any data is read
 
 
-def model_config(cfg: TrainConfig, run: Path | None = None) -> TextConfig | VisionConfig:
+def model_config(cfg: TrainConfig, objective: Objective | None = None) -> TextConfig | VisionConfig:
     """The encoder's config for a run, from the run's config alone: no data, no weights read (a
-    pretrained model's config.json and its weights' header; the tokenizer's vocabulary, the
-    copy in ``run`` when there is one)."""
+    pretrained model's config.json and its weights' header; from scratch, the vocabulary of
+    ``objective``'s tokenizer, the run's own copy for an objective rebuilt from a run)."""
     check_task(cfg)
     if cfg.task == "digits":
         return VisionConfig(
@@ -97,7 +97,7 @@ def model_config(cfg: TrainConfig, run: Path | None = None) -> TextConfig | Visi
     if cfg.init == "scratch":
         return TextConfig(
             **encoder_sizes(cfg),
-            vocab_size=objective_for(cfg, run).tokenizer.get_vocab_size(),
+            vocab_size=(objective or objective_for(cfg)).tokenizer.get_vocab_size(),
             max_positions=cfg.text_max_length,
         )
     return fine_tuning_config(cfg, pretrained_config(cfg.init))
