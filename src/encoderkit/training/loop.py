@@ -538,26 +538,12 @@ def restore(
     if ranks.rank > 0 or state["world"] != ranks.world:
         torch.manual_seed(hash((progress.step, ranks.rank)) % 2**31)
     if ranks.main:
-        if '"split": "eval"' in _read_text(run / "metrics.jsonl"):
-            log.warning(
-                "%s started before runs held out a validation split: it resumes on 10%% fewer "
-                "training examples than it started with, and chooses its best checkpoint on "
-                "validation from now on (earlier evaluations were on the test split)",
-                run,
-            )
         trim_metrics(run, progress.step)
         if not (run / RUN_MARKER).is_file():  # a run from before the marker existed
             with writing(run, RUN_MARKER):
                 write_marker(run)
     log.info("resuming %s from step %d (%s)", run, progress.step, path.name)
     return progress
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return ""
 
 
 def sharded(model: nn.Module) -> bool:

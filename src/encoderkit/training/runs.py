@@ -286,13 +286,16 @@ def resume_config(run: Path, changes: dict[str, Any]) -> TrainConfig:
 
 def trim_metrics(run: Path, step: int) -> None:
     """Drop metric lines written after the checkpoint we resume from, so none is repeated. A last
-    line cut short by a kill is dropped with a warning; a malformed line elsewhere is an error."""
+    line cut short by a kill is dropped with a warning; a malformed line elsewhere is an error.
+    A run logged before the validation split existed is warned about here, as its lines are
+    read anyway."""
     path = run / "metrics.jsonl"
     if not path.exists():
         return
     lines = path.read_bytes().split(b"\n")
     numbered = [(number, raw) for number, raw in enumerate(lines, 1) if raw.strip()]
     kept = []
+    old_format = False  # evaluations logged as "eval": a run from before the validation split
     for number, raw in numbered:
         try:
             record = json.loads(raw)
@@ -313,6 +316,14 @@ def trim_metrics(run: Path, step: int) -> None:
             ) from e
         if record["step"] <= step:
             kept.append(raw.decode())
+        old_format = old_format or record.get("split") == "eval"
+    if old_format:
+        log.warning(
+            "%s started before runs held out a validation split: it resumes on 10%% fewer "
+            "training examples than it started with, and chooses its best checkpoint on "
+            "validation from now on (earlier evaluations were on the test split)",
+            run,
+        )
     with writing(run, "metrics.jsonl"):
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
