@@ -148,13 +148,7 @@ def _load_encoder(model: str, compile: bool) -> Any:
         return SentenceEncoder.from_pretrained(run / "sentence-encoder", compile=compile)
     from encoderkit.training.api import load_run
 
-    sentence = load_run(run).sentence_encoder()
-    if compile:
-        sentence = SentenceEncoder(
-            sentence.model, sentence.tokenizer, sentence.max_seq_length,
-            normalize=sentence.normalize, compile=True, pooling=sentence.pooling,
-        )  # fmt: skip
-    return sentence
+    return load_run(run).sentence_encoder(compile=compile)
 
 
 def _search(

@@ -137,9 +137,10 @@ class Run:
         figures = self.objective.evaluate(self.model, tensors, torch.device("cpu"))
         return {**figures, "examples": len(tensors[0])}
 
-    def sentence_encoder(self) -> Any:
+    def sentence_encoder(self, compile: bool = False) -> Any:
         """The run's text encoder as a :class:`SentenceEncoder` (mean pooling, or the run's
-        ``pooling``), normalised: what ``--task pairs`` trains, usable for any text run."""
+        ``pooling``), normalised: what ``--task pairs`` trains, usable for any text run.
+        ``compile`` as in :class:`SentenceEncoder`."""
         from encoderkit.models.sentence import SentenceEncoder
         from encoderkit.models.text import TextEncoder
 
@@ -150,6 +151,7 @@ class Run:
             encoder,
             self.objective.tokenizer,
             self.config.text_max_length,
+            compile=compile,
             pooling=self.config.pooling,
         )
 
